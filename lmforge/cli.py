@@ -1,0 +1,176 @@
+"""The `lmforge` command line: one function per subcommand.
+
+Each function parses its arguments, loads the config section it needs and calls the library. Heavy
+imports (torch, tokenizers) happen inside the functions so `lmforge --help` answers at once. User
+mistakes raise `LmforgeError`, printed here as one line with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+
+def _add_config_args(p: argparse.ArgumentParser, config_help: str = "TOML config file or preset name") -> None:
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (repeatable), e.g. --set train.max_steps=100")
+
+
+def _section_config(cls: type, section: str, args: argparse.Namespace):
+    """Load one pipeline section (e.g. [corpus]) from --config and --set."""
+    from lmforge.config import apply_overrides, from_dict, read_toml, resolve_preset
+
+    raw = read_toml(resolve_preset(args.config)).get(section, {}) if args.config else {}
+    prefixed = [o for o in args.overrides if o.startswith(section + ".")]
+    foreign = [o for o in args.overrides if not o.startswith(section + ".")]
+    if foreign:
+        raise LmforgeError(f"--set {foreign[0]!r}: this command only takes '{section}.*' keys")
+    raw = apply_overrides({section: raw}, prefixed)[section]
+    return from_dict(cls, raw, section, args.config or "--set")
+
+
+# ----------------------------------------------------------------------------------------------------
+# corpus -> tokenizer -> shards
+
+
+def cmd_corpus_build(args: argparse.Namespace) -> int:
+    from lmforge.config import CorpusConfig
+    from lmforge.corpus import build_corpus
+
+    cfg = _section_config(CorpusConfig, "corpus", args)
+    build_corpus(args.input, Path(args.out), cfg, overwrite=args.overwrite, progress=not args.quiet)
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from lmforge.config import TokenizerConfig
+    from lmforge.tokenizer import train_tokenizer
+
+    if args.kind:
+        args.overrides.append(f"tokenizer.kind={args.kind}")
+    if args.vocab_size:
+        args.overrides.append(f"tokenizer.vocab_size={args.vocab_size}")
+    cfg = _section_config(TokenizerConfig, "tokenizer", args)
+    train_tokenizer(Path(args.corpus), Path(args.out), cfg, overwrite=args.overwrite, progress=not args.quiet)
+    return 0
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(Path(args.tokenizer))
+    text = args.text if args.text is not None else sys.stdin.read()
+    ids = tok.encode(text)
+    if args.pieces:
+        print(" ".join(tok.id_to_piece(i) for i in ids))
+    else:
+        print(" ".join(map(str, ids)))
+    return 0
+
+
+def cmd_tokenizer_decode(args: argparse.Namespace) -> int:
+    from lmforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(Path(args.tokenizer))
+    raw = args.ids if args.ids else sys.stdin.read().split()
+    try:
+        ids = [int(x) for x in raw]
+    except ValueError:
+        raise LmforgeError("tokenizer decode: ids must be integers, e.g. `lmforge tokenizer decode TOK 17 42`") from None
+    print(tok.decode(ids))
+    return 0
+
+
+def cmd_shards_build(args: argparse.Namespace) -> int:
+    from lmforge.config import ShardConfig
+    from lmforge.data.shards import build_shards
+
+    if args.workers is not None:
+        args.overrides.append(f"shards.num_workers={args.workers}")
+    cfg = _section_config(ShardConfig, "shards", args)
+    build_shards(Path(args.corpus), Path(args.tokenizer), Path(args.out), cfg, overwrite=args.overwrite,
+                 progress=not args.quiet)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmforge import __version__
+
+    parser = argparse.ArgumentParser(prog="lmforge", description="Language-model pretraining, end to end.")
+    parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    corpus = sub.add_parser("corpus", help="build a cleaned, deduplicated text corpus")
+    corpus_sub = corpus.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = corpus_sub.add_parser("build", help="read, clean, dedup, scrub and split raw text")
+    p.add_argument("--input", nargs="+", required=True, metavar="PATH",
+                   help="files, folders, hf:NAME[:CONFIG]:SPLIT, or builtin:python-docs")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p, "TOML file with a [corpus] section")
+    p.set_defaults(func=cmd_corpus_build)
+
+    tokenizer = sub.add_parser("tokenizer", help="train and inspect tokenizers")
+    tok_sub = tokenizer.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = tok_sub.add_parser("train", help="train a tokenizer on a corpus folder")
+    p.add_argument("--corpus", required=True, help="corpus folder (from `lmforge corpus build`)")
+    p.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "char", "word"])
+    p.add_argument("--vocab-size", type=int)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    _add_config_args(p, "TOML file with a [tokenizer] section")
+    p.set_defaults(func=cmd_tokenizer_train)
+    p = tok_sub.add_parser("encode", help="print the ids (or pieces) of a text")
+    p.add_argument("tokenizer", help="tokenizer folder or run folder")
+    p.add_argument("text", nargs="?", help="text to encode (default: standard input)")
+    p.add_argument("--pieces", action="store_true", help="print token strings instead of ids")
+    p.set_defaults(func=cmd_tokenizer_encode)
+    p = tok_sub.add_parser("decode", help="print the text of token ids")
+    p.add_argument("tokenizer", help="tokenizer folder or run folder")
+    p.add_argument("ids", nargs="*", help="token ids (default: standard input)")
+    p.set_defaults(func=cmd_tokenizer_decode)
+
+    shards = sub.add_parser("shards", help="encode a corpus into memory-mapped token shards")
+    shards_sub = shards.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = shards_sub.add_parser("build", help="tokenize a corpus in parallel into versioned shards")
+    p.add_argument("--corpus", required=True, help="corpus folder")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--workers", type=int, help="encoding processes (default: all cores)")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    _add_config_args(p, "TOML file with a [shards] section")
+    p.set_defaults(func=cmd_shards_build)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except LmforgeError as e:
+        print(f"lmforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `lmforge ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

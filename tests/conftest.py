@@ -1,0 +1,70 @@
+"""Shared fixtures: small generated text in English and Chinese, and a CLI runner.
+
+Tests never need ../shared/data; the ones that use it skip when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+_WORDS = ("the model reads text and learns to predict the next token from every one before it while "
+          "data flows through a tokenizer into shards that training reads quickly on any machine "
+          "small steps add up to large gains when the learning rate warms up and decays").split()
+_HANZI = "我们今天学习语言模型训练数据清洗分词器预测下一个字的概率这是一个很好的例子中文文本也可以处理"
+
+
+def make_english(n_docs: int = 200, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    docs = []
+    for i in range(n_docs):
+        sentences = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(6, 16))).capitalize() + "."
+                     for _ in range(rng.randint(2, 6))]
+        docs.append(f"Document {i}. " + " ".join(sentences))
+    return docs
+
+
+def make_chinese(n_docs: int = 100, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choice(_HANZI) for _ in range(rng.randint(30, 90))) + "。" for _ in range(n_docs)]
+
+
+@pytest.fixture
+def english_docs() -> list[str]:
+    return make_english()
+
+
+@pytest.fixture
+def chinese_docs() -> list[str]:
+    return make_chinese()
+
+
+@pytest.fixture
+def text_dir(tmp_path: Path, english_docs: list[str], chinese_docs: list[str]) -> Path:
+    """A folder with one .txt of English paragraphs and one of Chinese paragraphs."""
+    d = tmp_path / "raw"
+    d.mkdir()
+    (d / "en.txt").write_text("\n\n".join(english_docs) + "\n", encoding="utf-8")
+    (d / "zh.txt").write_text("\n\n".join(chinese_docs) + "\n", encoding="utf-8")
+    return d
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `lmforge ARGS...` in-process; returns (exit code, stdout, stderr)."""
+    from lmforge.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
