@@ -1,0 +1,86 @@
+"""The corpus folder format, shared by the corpus builder (writer) and the tokenizer and shard
+builder (readers).
+
+A corpus folder holds `{split}-{index:05d}.{format}` files, one JSON object per document with a
+`text` field (`jsonl.zst`, `jsonl.gz`) or a parquet table with a `text` column, plus `report.json`
+and `config.toml`. Splits are `train` and `val`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from lmforge.errors import LmforgeError
+
+FORMATS = ("jsonl.zst", "jsonl.gz", "parquet")
+
+
+def split_files(corpus_dir: str | os.PathLike, split: str) -> list[Path]:
+    """The files of one split, in order. Raises if the folder is not a corpus."""
+    corpus_dir = Path(corpus_dir)
+    if not corpus_dir.is_dir():
+        raise LmforgeError(f"corpus folder {corpus_dir} not found: build one with `lmforge corpus build`")
+    files = sorted(p for fmt in FORMATS for p in corpus_dir.glob(f"{split}-[0-9]*.{fmt}"))
+    if not files and not any(corpus_dir.glob(f"*-[0-9]*.{fmt}") for fmt in FORMATS):
+        raise LmforgeError(f"{corpus_dir} holds no corpus files (train-00000.jsonl.zst, ...): "
+                           "build it with `lmforge corpus build`")
+    return files
+
+
+def iter_corpus(corpus_dir: str | os.PathLike, split: str = "train") -> Iterator[str]:
+    """Stream the texts of one split, one document at a time."""
+    for path in split_files(corpus_dir, split):
+        yield from read_file(path)
+
+
+def read_file(path: Path) -> Iterator[str]:
+    name = path.name
+    if name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
+            yield from batch.column(0).to_pylist()
+        return
+    if name.endswith(".zst"):
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"))
+    else:
+        raw = gzip.open(path, "rb")
+    with io.TextIOWrapper(raw, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                yield json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise LmforgeError(f"{path}:{lineno}: not a corpus record ({{\"text\": ...}}): "
+                                   "rebuild the corpus with `lmforge corpus build`") from None
+
+
+def write_file(path: Path, texts: Iterable[str], fmt: str = "jsonl.zst") -> int:
+    """Write documents to one corpus file (the caller makes it atomic); returns the count."""
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        texts = list(texts)
+        pq.write_table(pa.table({"text": texts}), path, compression="zstd")
+        return len(texts)
+    if fmt == "jsonl.zst":
+        import zstandard
+
+        raw = zstandard.ZstdCompressor(level=3).stream_writer(path.open("wb"))
+    elif fmt == "jsonl.gz":
+        raw = gzip.open(path, "wb", compresslevel=6)
+    else:
+        raise LmforgeError(f"corpus format {fmt!r} is not one of {', '.join(FORMATS)}")
+    n = 0
+    with io.TextIOWrapper(raw, encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+            n += 1
+    return n
