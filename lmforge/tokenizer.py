@@ -1,0 +1,371 @@
+"""Tokenizers: train, save, load, with every special-token role recorded.
+
+Each kind is a Hugging Face `tokenizers` pipeline (normalizer, pre-tokenizer, model, decoder):
+
+| kind      | pipeline                                                  | round trip          |
+| --------- | --------------------------------------------------------- | ------------------- |
+| bpe       | byte-level pre-tokenizer (GPT-2 regex), BPE, byte decoder | lossless, any UTF-8 |
+| wordpiece | BERT normalizer (optionally lowercase), BERT splitter     | lossy (BERT-style)  |
+| unigram   | Metaspace '▁' (no prepended space), Unigram + byte fallback | lossless but a literal '▁' |
+| char      | one token per character of the corpus, Fuse decoder       | lossless on its alphabet |
+| word      | whitespace split, most frequent words, `<unk>` for the rest | words joined by spaces |
+
+Special tokens take the lowest ids, and every kind has all six roles (eot, pad, unk, mask, cls, sep),
+so any tokenizer can drive a GPT or a BERT. A tokenizer folder holds `tokenizer.json`,
+`lmforge_tokenizer.json` (kind, roles, fingerprint), the files `transformers.AutoTokenizer` reads,
+`config.toml` and `report.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from collections import Counter
+from dataclasses import asdict
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.config import TokenizerConfig, dumps_toml
+from lmforge.errors import LmforgeError
+
+ROLES = ("eot", "pad", "unk", "mask", "cls", "sep")
+GPT_SPECIALS = {"eot": "<|endoftext|>", "pad": "<|pad|>", "unk": "<|unk|>", "mask": "<|mask|>",
+                "cls": "<|cls|>", "sep": "<|sep|>"}
+# BERT separates documents with [SEP], so that is its end-of-text token too.
+BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]", "mask": "[MASK]",
+                 "eot": "[SEP]"}
+# WikiText writes `<unk>` itself, and word-level results count one `<eos>` per line.
+WORD_SPECIALS = {"eot": "<eos>", "unk": "<unk>", "pad": "<pad>", "mask": "<mask>", "cls": "<cls>",
+                 "sep": "<sep>"}
+META_FILE = "lmforge_tokenizer.json"
+
+
+def special_tokens_for(kind: str) -> dict[str, str]:
+    return {"wordpiece": BERT_SPECIALS, "word": WORD_SPECIALS}.get(kind, GPT_SPECIALS)
+
+
+def _unique(tokens: dict[str, str]) -> list[str]:
+    return list(dict.fromkeys(tokens.values()))
+
+
+def fingerprint_of(backend) -> str:
+    data = json.loads(backend.to_str())
+    canonical = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _is_cjk(ch: str) -> bool:
+    o = ord(ch)
+    return (0x3040 <= o <= 0x30FF or 0x3400 <= o <= 0x4DBF or 0x4E00 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF
+            or 0x3000 <= o <= 0x303F or 0xFF00 <= o <= 0xFFEF or 0x20000 <= o <= 0x2FA1F)
+
+
+def _byte_decoder() -> dict[str, int]:
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    # ByteLevel.alphabet() is unordered; rebuild GPT-2's byte -> printable char map to invert it.
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    table = {chr(c): b for b, c in zip(bs, cs)}
+    assert set(table) == set(ByteLevel.alphabet())
+    return table
+
+
+class Tokenizer:
+    """A trained `tokenizers.Tokenizer` plus its kind, special-token roles and fingerprint."""
+
+    def __init__(self, backend, kind: str, specials: dict[str, str], lowercase: bool = False) -> None:
+        self._backend = backend
+        self.kind = kind
+        self.lowercase = lowercase
+        self.specials = dict(specials)
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self.fingerprint = fingerprint_of(backend)
+        ids = {}
+        for role in ROLES:
+            i = backend.token_to_id(specials[role])
+            if i is None:
+                raise LmforgeError(f"tokenizer has no {role} token {specials[role]!r}: retrain it with "
+                                   "`lmforge tokenizer train`")
+            ids[role] = i
+        self.eot_id, self.pad_id, self.unk_id = ids["eot"], ids["pad"], ids["unk"]
+        self.mask_id, self.cls_id, self.sep_id = ids["mask"], ids["cls"], ids["sep"]
+        self.special_ids = frozenset(ids.values())
+
+    @property
+    def backend(self):
+        return self._backend
+
+    def encode(self, text: str) -> list[int]:
+        return self._backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
+
+    def decode(self, ids) -> str:
+        ids = [int(i) for i in ids if int(i) != self.pad_id]
+        return self._backend.decode(ids, skip_special_tokens=False)
+
+    def id_to_piece(self, i: int) -> str:
+        piece = self._backend.id_to_token(int(i))
+        if piece is None:
+            raise LmforgeError(f"token id {i} is out of range: this tokenizer has {self.vocab_size} ids")
+        return piece
+
+    def token_to_id(self, piece: str) -> int | None:
+        return self._backend.token_to_id(piece)
+
+    def word_starts(self, ids: list[int]) -> list[bool]:
+        """True where a token begins a new word, for whole-word masking."""
+        if len(ids) == 0:
+            return []
+        begins, ends = self._boundary_tables
+        ids = np.asarray(ids, dtype=np.int64)
+        out = begins[ids].copy()
+        out[1:] |= ends[ids[:-1]]
+        out[0] = True
+        return out.tolist()
+
+    @cached_property
+    def _boundary_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per id: does the token open a word on its own, and does the next token open one after it."""
+        begins = np.zeros(self.vocab_size, dtype=bool)
+        ends = np.zeros(self.vocab_size, dtype=bool)
+        byte_of = _byte_decoder() if self.kind == "bpe" else None
+        for i in range(self.vocab_size):
+            piece = self._backend.id_to_token(i)
+            if i in self.special_ids or self.kind == "word" or piece is None:
+                begins[i] = ends[i] = True
+            elif self.kind == "wordpiece":
+                begins[i] = not piece.startswith("##")
+                ends[i] = bool(piece) and _is_cjk(piece[-1])
+            else:
+                begins[i], ends[i] = _surface_boundaries(self._surface_bytes(piece, byte_of))
+        return begins, ends
+
+    def _surface_bytes(self, piece: str, byte_of: dict[str, int] | None) -> bytes:
+        if byte_of is not None:
+            return bytes(byte_of.get(c, 0x3F) for c in piece)
+        if self.kind == "unigram" and len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            return bytes([int(piece[3:5], 16)])
+        return piece.replace("▁", " ").encode("utf-8")
+
+    def save(self, directory: Path) -> None:
+        """Write the tokenizer files into `directory` (atomically, file by file)."""
+        from lmforge.atomic import write_json, write_text
+
+        directory = Path(directory)
+        write_text(directory / "tokenizer.json", self._backend.to_str(pretty=True))
+        write_json(directory / META_FILE, {
+            "format_version": 1, "kind": self.kind, "vocab_size": self.vocab_size,
+            "fingerprint": self.fingerprint, "lowercase": self.lowercase,
+            "special_tokens": {r: {"token": self.specials[r], "id": getattr(self, f"{r}_id")}
+                               for r in ROLES}})
+        hf_names = {"bos_token": "eot", "eos_token": "eot", "unk_token": "unk", "pad_token": "pad",
+                    "mask_token": "mask", "cls_token": "cls", "sep_token": "sep"}
+        special_map = {name: self.specials[role] for name, role in hf_names.items()}
+        write_json(directory / "special_tokens_map.json", special_map)
+        write_json(directory / "tokenizer_config.json", {
+            "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+            "add_bos_token": False, "add_eos_token": False, "model_max_length": 1_000_000_000, **special_map})
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size}, fingerprint={self.fingerprint})"
+
+
+def _surface_boundaries(b: bytes) -> tuple[bool, bool]:
+    """(begins a word, ends a word) for the UTF-8 bytes a token stands for."""
+    if not b:
+        return True, True
+    if 0x80 <= b[0] <= 0xBF:  # continues a character split across tokens
+        begins = False
+    else:
+        head = b.decode("utf-8", errors="ignore")[:1]
+        begins = not head or not head.isalnum() or _is_cjk(head)
+        if not head:  # a lone lead byte: a CJK character starts with E3..E9 or F0
+            begins = 0xE3 <= b[0] <= 0xE9 or b[0] == 0xF0
+    try:
+        tail = b.decode("utf-8")[-1:]
+    except UnicodeDecodeError:
+        tail = ""  # ends inside a character: the next token continues it
+    ends = bool(tail) and (not tail.isalnum() or _is_cjk(tail))
+    return begins, ends
+
+
+# ----------------------------------------------------------------------------------------------------
+# Building pipelines
+
+
+def min_vocab_size(kind: str) -> int:
+    n_special = len(_unique(special_tokens_for(kind)))
+    return {"bpe": 256 + n_special, "unigram": 256 + n_special + 32}.get(kind, n_special + 1)
+
+
+def _build_backend(kind: str, cfg: TokenizerConfig, texts: list[str], progress: bool):
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+
+    specials = special_tokens_for(kind)
+    special_list = _unique(specials)
+    if kind == "bpe":
+        tok = Backend(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                      special_tokens=special_list, show_progress=progress,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer, length=len(texts))
+    elif kind == "wordpiece":
+        tok = Backend(models.WordPiece(unk_token=specials["unk"]))
+        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=cfg.lowercase, lowercase=cfg.lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
+                                            special_tokens=special_list, show_progress=progress)
+        tok.train_from_iterator(texts, trainer, length=len(texts))
+    elif kind == "unigram":
+        tok = _train_unigram(cfg, texts, special_list, specials["unk"], progress)
+    else:
+        counts = Counter(c for t in texts for c in t) if kind == "char" else \
+            Counter(w for t in texts for w in t.split())
+        for s in special_list:
+            counts.pop(s, None)
+        keep = [p for p, n in counts.most_common() if n >= (1 if kind == "char" else cfg.min_frequency)]
+        keep = special_list + sorted(keep[: cfg.vocab_size - len(special_list)])
+        tok = Backend(models.WordLevel({p: i for i, p in enumerate(keep)}, unk_token=specials["unk"]))
+        if kind == "char":
+            tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+            tok.decoder = decoders.Fuse()
+        else:
+            tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.add_special_tokens(special_list)
+    return tok
+
+
+def _train_unigram(cfg: TokenizerConfig, texts: list[str], special_list: list[str], unk: str, progress: bool):
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = Backend(models.Unigram())
+    # No prepended '▁': a leading space must survive the round trip.
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    trainer = trainers.UnigramTrainer(vocab_size=cfg.vocab_size - 256, special_tokens=special_list,
+                                      unk_token=unk, show_progress=progress)
+    tok.train_from_iterator(texts, trainer, length=len(texts))
+    # Byte fallback (as SentencePiece does): characters outside the vocabulary become <0xNN> pieces.
+    data = json.loads(tok.to_str())
+    data["model"]["vocab"] += [[f"<0x{b:02X}>", -1e4] for b in range(256)]
+    data["model"]["byte_fallback"] = True
+    tok = Backend.from_str(json.dumps(data))
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return tok
+
+
+# ----------------------------------------------------------------------------------------------------
+# Train / load
+
+
+def _read_texts(corpus_dir: Path, split: str, max_bytes: int) -> list[str]:
+    from lmforge.corpus import iter_corpus
+
+    texts, total = [], 0
+    for text in iter_corpus(corpus_dir, split):
+        texts.append(text)
+        total += len(text.encode("utf-8"))
+        if total >= max_bytes:
+            break
+    return texts
+
+
+def train_tokenizer(corpus_dir: Path, out: Path, cfg: TokenizerConfig, overwrite: bool = False,
+                    progress: bool = True) -> Tokenizer:
+    """Train a tokenizer of `cfg.kind` on the train split of a corpus folder and save it to `out`."""
+    from lmforge.atomic import output_dir, write_json, write_text
+
+    corpus_dir, out = Path(corpus_dir), Path(out)
+    floor = min_vocab_size(cfg.kind)
+    if cfg.vocab_size < floor:
+        raise LmforgeError(f"tokenizer.vocab_size={cfg.vocab_size} is too small for kind '{cfg.kind}': "
+                           f"use --vocab-size {floor} or more")
+    if out.exists() and not overwrite:
+        raise LmforgeError(f"output folder {out} already exists: choose another --out or pass --overwrite")
+    texts = _read_texts(corpus_dir, "train", cfg.max_train_bytes)
+    if not any(t.strip() for t in texts):
+        raise LmforgeError(f"corpus {corpus_dir} has no training text (train split is empty): "
+                           "rebuild it with `lmforge corpus build`")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    backend = _build_backend(cfg.kind, cfg, texts, progress)
+    tok = Tokenizer(backend, cfg.kind, special_tokens_for(cfg.kind), lowercase=cfg.lowercase)
+    held_out = _read_texts(corpus_dir, "val", 5_000_000)
+    source = "val split" if held_out else "train slice"
+    report = tokenizer_report(tok, held_out or texts[: max(1, len(texts) // 100)], source)
+    with output_dir(out, overwrite=overwrite) as tmp:
+        tok.save(tmp)
+        write_text(tmp / "config.toml", dumps_toml({"tokenizer": asdict(cfg)}))
+        write_json(tmp / "report.json", report)
+    print(f"tokenizer {cfg.kind}: {tok.vocab_size} tokens, {report['bytes_per_token']:.2f} bytes/token, "
+          f"unk {100 * report['unk_share']:.2f}%, vocab used {100 * report['vocab_used_share']:.1f}% "
+          f"(held-out: {report['held_out']}) -> {out}")
+    return tok
+
+
+def tokenizer_report(tok: Tokenizer, texts: list[str], source: str) -> dict:
+    ids = [i for row in tok.encode_batch(texts) for i in row]
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    used = len(set(ids))
+    rng = random.Random(0)
+    learned = [i for i in range(tok.vocab_size) if i not in tok.special_ids]
+    sample = sorted(rng.sample(learned, min(40, len(learned))))
+    return {
+        "kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint,
+        "held_out": source, "held_out_bytes": n_bytes, "held_out_tokens": len(ids),
+        "bytes_per_token": n_bytes / max(1, len(ids)),
+        "unk_share": sum(i == tok.unk_id for i in ids) / max(1, len(ids)),
+        "vocab_used_share": used / tok.vocab_size,
+        "sample_tokens": {str(i): tok.decode([i]) for i in sample},
+    }
+
+
+def _find_tokenizer_dir(path: Path) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name == "tokenizer.json":
+        path = path.parent
+    for cand in (path, path / "tokenizer"):
+        if (cand / "tokenizer.json").is_file():
+            return cand
+    if not path.exists():
+        raise LmforgeError(f"tokenizer folder {path} not found: train one with `lmforge tokenizer train`")
+    raise LmforgeError(f"{path} holds no tokenizer.json (nor tokenizer/tokenizer.json): give a tokenizer, "
+                       "run or shards folder")
+
+
+def load_tokenizer(path: Path) -> Tokenizer:
+    """Load a tokenizer folder, or the `tokenizer/` subfolder of a run or shards folder."""
+    from tokenizers import Tokenizer as Backend
+
+    folder = _find_tokenizer_dir(path)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise LmforgeError(f"{folder} has no {META_FILE}: it was not made by `lmforge tokenizer train`; "
+                           "train one with it")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        backend = Backend.from_file(str(folder / "tokenizer.json"))
+        specials = {r: meta["special_tokens"][r]["token"] for r in ROLES}
+        kind = meta["kind"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise LmforgeError(f"{folder}: unreadable tokenizer files ({e}): "
+                           "retrain with `lmforge tokenizer train`") from None
+    return Tokenizer(backend, kind, specials, lowercase=meta.get("lowercase", False))
+
