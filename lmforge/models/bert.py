@@ -1,0 +1,145 @@
+"""BERT: a bidirectional transformer encoder with a masked-LM head and a [CLS] pooler.
+
+Dimensions: B batch, T sequence length, C d_model, V vocabulary, nh heads, hs head size (C // nh).
+
+Every weight corresponds to exactly one tensor of `transformers.BertForMaskedLM` (plus the pooler of
+`BertModel`), so export is a renaming; the tests check the logits against it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.config import BertConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.n_head, self.dropout = cfg.n_head, cfg.attn_dropout
+        # separate q, k, v (not fused) so that each maps to one HF tensor
+        self.query = nn.Linear(cfg.d_model, cfg.d_model)
+        self.key = nn.Linear(cfg.d_model, cfg.d_model)
+        self.value = nn.Linear(cfg.d_model, cfg.d_model)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = (lin(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for lin in (self.query, self.key, self.value))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.drop(self.out(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.ff_width())
+        self.fc2 = nn.Linear(cfg.ff_width(), cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))  # exact erf GELU, as in BERT; (B, T, C)
+
+
+class Block(nn.Module):
+    """Post-norm (BERT: norm(x + f(x))) or, with cfg.pre_norm, pre-norm (x + f(norm(x)))."""
+
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        self.pre_norm = cfg.pre_norm
+        self.attn, self.ln_attn = Attention(cfg), nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp, self.ln_mlp = MLP(cfg), nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.attn(self.ln_attn(x), mask)
+            return x + self.mlp(self.ln_mlp(x))
+        x = self.ln_attn(x + self.attn(x, mask))  # (B, T, C)
+        return self.ln_mlp(x + self.mlp(x))
+
+
+class Bert(nn.Module):
+    def __init__(self, cfg: BertConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("BertConfig.vocab_size must be set (the tokenizer's vocabulary size)")
+        self.config = cfg
+        C = cfg.d_model
+        self.word_embeddings = nn.Embedding(cfg.vocab_size, C)
+        self.position_embeddings = nn.Embedding(cfg.context_len, C)
+        self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, C) if cfg.type_vocab_size else None
+        self.emb_norm = nn.LayerNorm(C, eps=cfg.norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        # pre-norm leaves the last block's output unnormalised
+        self.ln_f = nn.LayerNorm(C, eps=cfg.norm_eps) if cfg.pre_norm else None
+        self.head_dense = nn.Linear(C, C)  # MLM head: dense -> gelu -> norm -> decoder
+        self.head_norm = nn.LayerNorm(C, eps=cfg.norm_eps)
+        self.decoder = nn.Linear(C, cfg.vocab_size)  # its bias is the head's own output bias
+        if cfg.tie_embeddings:
+            self.decoder.weight = self.word_embeddings.weight
+        self.pooler = nn.Linear(C, C)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states (B, T, C); attention_mask (B, T) is 1 for tokens, 0 for padding."""
+        B, T = input_ids.shape
+        if T > self.config.context_len:
+            raise ValueError(f"{T} positions exceed context_len={self.config.context_len}")
+        x = self.word_embeddings(input_ids) + self.position_embeddings(
+            torch.arange(T, device=input_ids.device))  # (B, T, C)
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type_embeddings(token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given but type_vocab_size=0 (no segment embeddings)")
+        x = self.drop(self.emb_norm(x))
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): every query sees the real keys
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_f(x) if self.ln_f is not None else x
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        h = self.head_norm(F.gelu(self.head_dense(h)))
+        return self.decoder(h)  # (B, T, V)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The [CLS] summary for classification: tanh(dense(hidden[:, 0])), (B, C)."""
+        return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters (a tied matrix once); `non_embedding` leaves out the word/position/segment tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            tables = [self.word_embeddings, self.position_embeddings, self.token_type_embeddings]
+            n -= sum(t.weight.numel() for t in tables if t is not None)
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token, 6*N + 12*L*T*C, as for GPT (N: matmul weights incl. the decoder).
+
+        The pooler is counted in N although masked-LM pretraining does not run it (C*C, negligible).
+        """
+        cfg = self.config
+        n = self.num_params(non_embedding=True)
+        if cfg.tie_embeddings:
+            n += self.decoder.weight.numel()
+        return 6.0 * n + 12.0 * cfg.n_layer * seq_len * cfg.d_model

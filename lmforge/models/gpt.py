@@ -1,0 +1,204 @@
+"""GPT: a decoder-only transformer in the GPT-2 layout, with RoPE, RMSNorm and SwiGLU as options.
+
+Dimensions: B batch, T sequence length, C d_model, V vocabulary, L layers, nh heads, hs head size
+(C // nh), S key length (cached positions + T).
+
+With `pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True` this is GPT-2
+exactly (the tests compare logits with `transformers.GPT2LMHeadModel`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmforge.config import GPTConfig
+
+
+class KVCache:
+    """Keys and values of the positions seen so far, preallocated as (B, nh, max_len, hs) per layer.
+
+    `pos` counts the positions already written; GPT.forward reads it as the offset of new tokens and
+    advances it after the last layer.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_size: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        shape = (batch_size, n_head, max_len, head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len = max_len
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, nh, T, hs) at the current position; return all keys and values (B, nh, S, hs)."""
+        end = self.pos + k.size(2)
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, {end} were asked for")
+        self.k[layer][:, :, self.pos:end] = k
+        self.v[layer][:, :, self.pos:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def rope_tables(cfg: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of every (position, frequency), each (context_len, hs)."""
+    hs = cfg.d_model // cfg.n_head
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs))  # (hs/2,)
+    angles = torch.outer(torch.arange(cfg.context_len, dtype=torch.float64), inv_freq)  # (T, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE (the Llama/NeoX convention, so weights map 1:1 to HF Llama)."""
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    rotated = torch.cat([-x2, x1], dim=-1)  # (B, nh, T, hs)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.n_head, self.layer, self.dropout = cfg.n_head, layer, cfg.dropout
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                kv_cache: KVCache | None) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        hs = C // self.n_head
+        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        mask, causal = None, True
+        if kv_cache is not None:
+            start = kv_cache.pos
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nh, S, hs)
+            if start > 0:
+                # query i sits at position start + i and may see keys 0 .. start + i
+                causal = False
+                mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_drop(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.kind, width = cfg.mlp, cfg.ff_width()
+        self.c_fc = nn.Linear(cfg.d_model, width, bias=cfg.bias)
+        if cfg.mlp == "swiglu":
+            self.c_gate = nn.Linear(cfg.d_model, width, bias=cfg.bias)
+        self.c_proj = nn.Linear(width, cfg.d_model, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c_fc(x)  # (B, T, d_ff)
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")  # GPT-2's "gelu_new"
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.silu(self.c_gate(x)) * h
+        return self.drop(self.c_proj(h))  # (B, T, C)
+
+
+def make_norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+    return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, cfg: GPTConfig, layer: int):
+        super().__init__()
+        self.ln_1, self.attn = make_norm(cfg), Attention(cfg, layer)
+        self.ln_2, self.mlp = make_norm(cfg), MLP(cfg)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)  # (B, T, C)
+        return x + self.mlp(self.ln_2(x))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("GPTConfig.vocab_size must be set (the tokenizer's vocabulary size)")
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.context_len, cfg.d_model) if cfg.pos == "learned" else None
+        if cfg.pos == "rope":
+            cos, sin = rope_tables(cfg)
+            self.register_buffer("rope_cos", cos, persistent=False)  # derived, so never saved
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.ln_f = make_norm(cfg)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # residual outputs: keep the residual stream's variance flat
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        B, T = input_ids.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.context_len:
+            raise ValueError(f"{start + T} positions exceed context_len={self.config.context_len}")
+        x = self.wte(input_ids)  # (B, T, C)
+        rope = None
+        if self.wpe is not None:
+            x = x + self.wpe(torch.arange(start, start + T, device=input_ids.device))  # (B, T, C)
+        else:
+            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hs) each
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rope, kv_cache)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache on this model's device and dtype, `max_len` positions (default context_len)."""
+        cfg, w = self.config, self.wte.weight
+        return KVCache(cfg.n_layer, batch_size, cfg.n_head, max_len or cfg.context_len,
+                       cfg.d_model // cfg.n_head, device=w.device, dtype=w.dtype)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters (a tied matrix once); `non_embedding` leaves out the token and position tables."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel() + (self.wpe.weight.numel() if self.wpe is not None else 0)
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward), PaLM-style: 6*N + 12*L*T*C.
+
+        N counts every weight used in a matmul per token: the non-embedding parameters plus the
+        output projection (V*C, which non_embedding left out when tied). 12*L*T*C is the attention
+        score and value matmuls over the full T x T square (the causal half is not subtracted).
+        """
+        cfg = self.config
+        n = self.num_params(non_embedding=True)
+        if cfg.tie_embeddings:
+            n += self.lm_head.weight.numel()
+        return 6.0 * n + 12.0 * cfg.n_layer * seq_len * cfg.d_model

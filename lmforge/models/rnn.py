@@ -1,0 +1,72 @@
+"""Recurrent language model (LSTM / GRU / Elman RNN), the classic word-level baseline.
+
+Dimensions: B batch, T sequence length, E d_embed, H d_hidden, V vocabulary, L layers.
+
+The state carries across truncated-BPTT windows: pass the state a forward returned into the next one
+(after `detach_state`, so gradients stop at the window boundary).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from lmforge.config import RNNConfig
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+class RNNLM(nn.Module):
+    def __init__(self, cfg: RNNConfig):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("RNNConfig.vocab_size must be set (the tokenizer's vocabulary size)")
+        self.config = cfg
+        self.encoder = nn.Embedding(cfg.vocab_size, cfg.d_embed)
+        self.drop = nn.Dropout(cfg.dropout)
+        between = cfg.dropout if cfg.n_layer > 1 else 0.0  # torch warns on dropout with one layer
+        if cfg.cell == "lstm":
+            self.rnn = nn.LSTM(cfg.d_embed, cfg.d_hidden, cfg.n_layer, dropout=between, batch_first=True)
+        elif cfg.cell == "gru":
+            self.rnn = nn.GRU(cfg.d_embed, cfg.d_hidden, cfg.n_layer, dropout=between, batch_first=True)
+        else:
+            self.rnn = nn.RNN(cfg.d_embed, cfg.d_hidden, cfg.n_layer, dropout=between, batch_first=True,
+                              nonlinearity=cfg.cell.removeprefix("rnn_"))
+        self.decoder = nn.Linear(cfg.d_hidden, cfg.vocab_size)
+        if cfg.tie_embeddings:
+            self.decoder.weight = self.encoder.weight
+        # the word_language_model recipe: uniform embeddings/decoder, zero decoder bias, default cell init
+        nn.init.uniform_(self.encoder.weight, -cfg.init_range, cfg.init_range)
+        if not cfg.tie_embeddings:
+            nn.init.uniform_(self.decoder.weight, -cfg.init_range, cfg.init_range)
+        nn.init.zeros_(self.decoder.bias)
+
+    def forward(self, input_ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        x = self.drop(self.encoder(input_ids))  # (B, T, E)
+        if state is None:
+            state = self.init_state(input_ids.size(0), input_ids.device)
+        y, state = self.rnn(x, state)  # (B, T, H)
+        return self.decoder(self.drop(y)), state  # (B, T, V)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """Zeros: (L, B, H), or a pair of them for an LSTM (h, c)."""
+        cfg, dtype = self.config, self.encoder.weight.dtype
+        h = torch.zeros(cfg.n_layer, batch_size, cfg.d_hidden, device=device, dtype=dtype)
+        return (h, h.clone()) if cfg.cell == "lstm" else h
+
+    @staticmethod
+    def detach_state(state: State) -> State:
+        """The same state cut from the graph that produced it (truncated BPTT)."""
+        return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters (a tied matrix once); `non_embedding` leaves out the input embedding table."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.encoder.weight.numel() if non_embedding else n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token, 6*N, N every matmul weight (cells + decoder); seq_len plays no part."""
+        n = self.num_params(non_embedding=True)
+        if self.config.tie_embeddings:
+            n += self.decoder.weight.numel()
+        return 6.0 * n
