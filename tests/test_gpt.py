@@ -28,6 +28,14 @@ def test_gpt2_small_parameter_count():
     assert model.num_params(non_embedding=True) == 124_439_808 - 50257 * 768 - 1024 * 768
 
 
+def randomise_vectors(model: torch.nn.Module) -> None:
+    """HF inits biases to 0 and norms to 1: perturb them so a wrong name map would show."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.1)
+
+
 def test_matches_hf_gpt2():
     transformers = pytest.importorskip("transformers")
     hf_cfg = transformers.GPT2Config(vocab_size=61, n_positions=24, n_embd=32, n_layer=2, n_head=4,
@@ -35,6 +43,7 @@ def test_matches_hf_gpt2():
                                      attn_pdrop=0.0, layer_norm_epsilon=1e-5, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(1)
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    randomise_vectors(hf)
     ours = tiny()
     # HF GPT-2 stores linear weights as Conv1D (in, out): transpose them
     name_map = {"transformer.wte.weight": "wte.weight", "transformer.wpe.weight": "wpe.weight",
