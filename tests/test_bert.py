@@ -7,7 +7,8 @@ from lmforge.models import Bert, build_model
 
 def tiny(**kw) -> Bert:
     torch.manual_seed(0)
-    cfg = BertConfig(**{**dict(vocab_size=53, context_len=20, n_layer=2, n_head=4, d_model=32, d_ff=48), **kw})
+    base = dict(vocab_size=53, context_len=20, n_layer=2, n_head=4, d_model=32, d_ff=48)
+    cfg = BertConfig(**{**base, **kw})
     return build_model(cfg).eval()
 
 
@@ -52,7 +53,8 @@ def test_matches_hf_bert_for_masked_lm():
     randomise_vectors(hf)
     ours = tiny()
     hf_state = hf.state_dict()
-    missing, unexpected = ours.load_state_dict({o: hf_state[h] for h, o in hf_name_map(2).items()}, strict=False)
+    state = {ours_name: hf_state[hf_name] for hf_name, ours_name in hf_name_map(2).items()}
+    missing, unexpected = ours.load_state_dict(state, strict=False)
     assert sorted(missing) == ["decoder.weight", "pooler.bias", "pooler.weight"] and not unexpected
     ids = torch.randint(0, 53, (3, 20))
     mask = torch.ones(3, 20, dtype=torch.long)
