@@ -251,8 +251,8 @@ class _Shard:
         _, version, code, n_tok, n_docs, fp, crc, header_size = _HEADER.unpack(head[: _HEADER.size])
         if version != VERSION or code not in DTYPES or header_size != HEADER_SIZE:
             raise LmforgeError(f"{path} has shard format version {version} (dtype code {code}); this "
-                               f"lmforge reads version {VERSION}: rebuild with `lmforge shards build` or upgrade "
-                               "lmforge")
+                               f"lmforge reads version {VERSION}: rebuild with `lmforge shards build` "
+                               "or upgrade lmforge")
         dtype = DTYPES[code]
         expected = HEADER_SIZE + n_tok * dtype.itemsize + (n_docs + 1) * 8
         if size != expected:
