@@ -201,7 +201,7 @@ def test_micro_batches_and_ranks_partition_the_step():
     docs = random_docs(100, 5, 80)
     data = batches(docs, batch_size=8)
     whole = data.get(5)
-    parts = [data.get(5, micro=m, rank=r, world=2, micro_batch=2) for r in range(2) for m in range(2)]
+    parts = [data.get(5, micro=m, rank=r, world=2, micro_batch=2) for m in range(2) for r in range(2)]
     for key in whole:
         assert torch.equal(torch.cat([p[key] for p in parts]), whole[key])
 
@@ -226,6 +226,9 @@ def test_validation_batches_are_fixed_and_cover_the_split_once():
         assert torch.equal(x["input_ids"], y["input_ids"]) and torch.equal(x["labels"], y["labels"])
     assert sum(len(b["input_ids"]) for b in runs[0]) == len(data) > 30
     assert len(list(data.eval_batches(7, max_batches=2))) == 2
+    ranks = [list(data.eval_batches(7, rank=r, world=2)) for r in range(2)]
+    assert torch.equal(ranks[1][0]["labels"], runs[0][1]["labels"])
+    assert len(ranks[0]) + len(ranks[1]) == len(runs[0])
 
 
 def test_word_starts_from_a_tokenizer_function():
@@ -255,3 +258,50 @@ def test_errors_name_the_key_and_the_fix():
         SpecialTokens.from_tokenizer(tok)
     tok.mask_id = 4
     assert SpecialTokens.from_tokenizer(tok).special_ids == frozenset({0, 2, 3, 4, 5})
+
+
+# ----------------------------------------------------------------------------------------------------
+# with a real WordPiece tokenizer and real shards
+
+
+@pytest.fixture(scope="module")
+def wordpiece_shards(tmp_path_factory):
+    from conftest import make_chinese, make_english
+
+    from lmforge.config import ShardConfig, TokenizerConfig
+    from lmforge.corpus.store import write_file
+    from lmforge.data.shards import TokenShards, build_shards
+    from lmforge.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("wp")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    write_file(corpus / "train-00000.jsonl.zst", make_english(150) + make_chinese(80))
+    tok = train_tokenizer(corpus, root / "tok", TokenizerConfig(kind="wordpiece", vocab_size=400),
+                          progress=False)
+    build_shards(corpus, root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
+    return tok, TokenShards.open(root / "shards")
+
+
+def test_whole_word_masking_with_a_wordpiece_tokenizer(wordpiece_shards):
+    tok, shards = wordpiece_shards
+    specials = SpecialTokens.from_tokenizer(tok)
+    data = MaskedLMBatches(shards, specials, 48, 64, 0, MaskingConfig(whole_word=True),
+                           word_starts=tok.word_starts)
+    n_sel = n_maskable = n_cjk = 0
+    for step in range(len(data) // 64):
+        batch = data.get(step)
+        original = torch.where(batch["labels"] != IGNORE_INDEX, batch["labels"], batch["input_ids"])
+        for row, labels in zip(original.tolist(), batch["labels"].tolist()):
+            starts, selected = tok.word_starts(row), [lab != IGNORE_INDEX for lab in labels]
+            for i in range(1, len(row)):
+                if not starts[i] and row[i - 1] not in specials.special_ids:
+                    assert selected[i] == selected[i - 1], tok.decode(row)  # whole words only
+                piece = tok.id_to_piece(row[i])
+                if len(piece) == 1 and "\u4e00" <= piece <= "\u9fff":
+                    assert starts[i]  # every Chinese character is a word of its own
+                    n_cjk += 1
+            n_sel += sum(selected)
+            n_maskable += sum(i not in specials.special_ids for i in row)
+    assert n_cjk > 1000
+    assert abs(n_sel / n_maskable - 0.15) < 0.02

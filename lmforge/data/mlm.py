@@ -68,7 +68,7 @@ class SpecialTokens:
         missing = [k[:-3] for k, v in ids.items() if v is None]
         if missing:
             raise LmforgeError(f"tokenizer has no {', '.join(missing)} token: a masked LM needs [CLS], "
-                               "[SEP], [PAD], [MASK] and end-of-text; retrain it with `lmforge tokenizer train`")
+                               "[SEP], [PAD], [MASK] and end-of-text; retrain with `lmforge tokenizer train`")
         specials = frozenset(tok.special_ids) | set(ids.values())
         return cls(**ids, vocab_size=tok.vocab_size, special_ids=specials)
 
@@ -196,17 +196,30 @@ class MaskedLMBatches:
 
     def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
             micro_batch: int | None = None) -> dict[str, torch.Tensor]:
-        """Micro-batch `micro` of process `rank` at step `step`: input_ids, attention_mask, labels (b, T)."""
-        micro_batch = micro_batch or self.batch_size // world
-        first = step * self.batch_size + (rank * (self.batch_size // world)) + micro * micro_batch
-        return self.sequences(np.arange(first, first + micro_batch))
+        """Micro-batch `micro` of process `rank`: slice (micro * world + rank) of the global batch of `step`.
 
-    def eval_batches(self, batch_size: int, max_batches: int = 0) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches over the split in order (the last one may be short); `max_batches` 0 means all."""
+        Returns input_ids, attention_mask and labels, each (b, T) long.
+        """
+        b = micro_batch or self.batch_size // world
+        index = micro * world + rank
+        if (index + 1) * b > self.batch_size:
+            raise ValueError(f"micro-batch {micro} of rank {rank} lies outside a batch of {self.batch_size}")
+        first = step * self.batch_size + index * b
+        return self.sequences(np.arange(first, first + b))
+
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def eval_batches(self, batch_size: int, max_batches: int = 0, rank: int = 0,
+                     world: int = 1) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches over the split in order, the last one possibly short; `max_batches` 0 means all.
+
+        With several processes each takes every `world`-th batch.
+        """
         total = len(self.segments)
         n = self.num_batches(batch_size)
         n = n if max_batches <= 0 else min(max_batches, n)
-        for i in range(n):
+        for i in range(rank, n, world):
             yield self.sequences(np.arange(i * batch_size, min((i + 1) * batch_size, total)))
 
     def sequences(self, seq_ids: np.ndarray) -> dict[str, torch.Tensor]:
