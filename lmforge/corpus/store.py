@@ -84,3 +84,66 @@ def write_file(path: Path, texts: Iterable[str], fmt: str = "jsonl.zst") -> int:
             f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+class SplitWriter:
+    """Stream one split's documents into `{split}-{index:05d}.{fmt}` files of `docs_per_file` each.
+
+    Memory holds one parquet row group at most (jsonl formats stream). The caller writes into a
+    temporary folder (`lmforge.atomic.output_dir`), which makes the whole corpus atomic.
+    """
+
+    def __init__(self, folder: Path, split: str, fmt: str = "jsonl.zst", docs_per_file: int = 50_000) -> None:
+        if fmt not in FORMATS:
+            raise LmforgeError(f"corpus format {fmt!r} is not one of {', '.join(FORMATS)}")
+        self.folder, self.split, self.fmt, self.docs_per_file = Path(folder), split, fmt, docs_per_file
+        self.files: list[Path] = []
+        self.documents = self.characters = 0
+        self._in_file = 0
+        self._pending: list[str] = []
+        self._sink = None
+
+    def add(self, text: str) -> None:
+        if self._in_file == 0:
+            self.files.append(self.folder / f"{self.split}-{len(self.files):05d}.{self.fmt}")
+        self._pending.append(text)
+        self._in_file += 1
+        self.documents += 1
+        self.characters += len(text)
+        if self._in_file == self.docs_per_file:
+            self._flush(close=True)
+        elif len(self._pending) >= 10_000:
+            self._flush(close=False)
+
+    def close(self) -> None:
+        if self._in_file:
+            self._flush(close=True)
+
+    def _flush(self, close: bool) -> None:
+        texts, self._pending = self._pending, []
+        if self._sink is None:
+            self._sink = self._open(self.files[-1])
+        if self.fmt == "parquet":
+            import pyarrow as pa
+
+            self._sink.write_table(pa.table({"text": pa.array(texts, pa.string())}))
+        else:
+            self._sink.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+        if close:
+            self._sink.close()
+            self._sink = None
+            self._in_file = 0
+
+    def _open(self, path: Path):
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            return pq.ParquetWriter(path, pa.schema([("text", pa.string())]), compression="zstd")
+        if self.fmt == "jsonl.zst":
+            import zstandard
+
+            raw = zstandard.ZstdCompressor(level=3).stream_writer(path.open("wb"))
+        else:
+            raw = gzip.open(path, "wb", compresslevel=6)
+        return io.TextIOWrapper(raw, encoding="utf-8")

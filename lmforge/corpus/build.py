@@ -1,0 +1,166 @@
+"""`lmforge corpus build`: read -> clean -> filter -> dedup -> scrub -> shuffle -> split -> write.
+
+Everything streams: one document passes through the stages at a time, the shuffle holds at most
+`shuffle_buffer` documents and the writers one row group; only the dedup indexes grow with the corpus.
+The folder appears atomically with `report.json` (counts per stage) and `config.toml` beside the data.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from lmforge.atomic import output_dir, write_json, write_text
+from lmforge.config import CorpusConfig, dumps_toml, to_dict
+from lmforge.corpus.clean import (
+    InvalidUtf8,
+    Junk,
+    Length,
+    Nfkc,
+    NormalizeWhitespace,
+    Stage,
+    StripControl,
+    StripHtml,
+)
+from lmforge.corpus.readers import ReadStats, check_inputs, iter_inputs
+from lmforge.corpus.split import assign_splits, shuffle
+from lmforge.corpus.store import SplitWriter
+from lmforge.errors import LmforgeError
+
+
+def build_stages(cfg: CorpusConfig) -> list[Stage]:
+    """The enabled stages, in the order they run."""
+    from lmforge.corpus.dedup import ExactDedup, NearDedup
+    from lmforge.corpus.pii import ScrubPii
+
+    stages: list[Stage] = [InvalidUtf8(cfg.invalid_utf8)]
+    stages += [StripHtml()] if cfg.strip_html else []
+    stages += [Nfkc()] if cfg.nfkc else []
+    stages += [StripControl()] if cfg.strip_control else []
+    stages += [NormalizeWhitespace()] if cfg.normalize_whitespace else []
+    stages += [Length(cfg.min_chars, cfg.max_chars), Junk(cfg.min_letter_ratio)]
+    stages += [ExactDedup()] if cfg.dedup_exact else []
+    stages += [NearDedup(cfg.near_threshold, cfg.num_perm, cfg.shingle_size)] if cfg.dedup_near else []
+    stages += [ScrubPii()] if cfg.scrub_pii else []
+    return stages
+
+
+def run_stages(docs: Iterable[str], stages: list[Stage], counts: dict[str, dict[str, int]]) -> Iterator[str]:
+    """Pass each document through the stages; `counts[stage.name]` collects what each one did."""
+    for stage in stages:
+        counts[stage.name] = dict.fromkeys(("documents_in", "documents_removed", "documents_changed",
+                                            "characters_in", "characters_out"), 0)
+    for text in docs:
+        for stage in stages:
+            c = counts[stage.name]
+            c["documents_in"] += 1
+            c["characters_in"] += len(text)
+            new = stage(text)
+            if new is None:
+                c["documents_removed"] += 1
+                break
+            c["documents_changed"] += new != text
+            c["characters_out"] += len(new)
+            text = new
+        else:
+            yield text
+
+
+def _counted(docs: Iterable[str], totals: dict[str, int]) -> Iterator[str]:
+    for text in docs:
+        totals["documents"] += 1
+        totals["characters"] += len(text)
+        yield text
+
+
+def build_corpus(inputs: list[str], out: Path, cfg: CorpusConfig, overwrite: bool = False,
+                 progress: bool = True) -> dict:
+    """Build a corpus folder from `inputs` (files, folders, hf:..., builtin:...); returns the report."""
+    from tqdm.auto import tqdm
+
+    check_inputs(inputs)
+    start = time.perf_counter()
+    stages = build_stages(cfg)
+    read, totals, counts = ReadStats(), {"documents": 0, "characters": 0}, {}
+    with output_dir(out, overwrite=overwrite) as tmp:
+        writers = {s: SplitWriter(tmp, s, cfg.format, cfg.docs_per_shard) for s in ("train", "val")}
+        with tqdm(desc="corpus", unit=" docs", disable=not progress, file=sys.stderr, mininterval=0.5) as bar:
+            raw = _counted(iter_inputs(inputs, cfg, read), totals)
+            docs = shuffle(run_stages(bar_iter(raw, bar), stages, counts), cfg.shuffle_buffer, cfg.seed)
+            for split, text in assign_splits(docs, cfg.val_fraction, cfg.seed):
+                writers[split].add(text)
+        for w in writers.values():
+            w.close()
+        _check_not_empty(inputs, totals, read, stages, counts)
+        report = _report(inputs, cfg, read, totals, stages, counts, writers, time.perf_counter() - start)
+        write_json(tmp / "report.json", report)
+        write_text(tmp / "config.toml", dumps_toml({"corpus": to_dict(cfg)}))
+    print(summary(report, out))
+    return report
+
+
+def bar_iter(docs: Iterable[str], bar) -> Iterator[str]:
+    for text in docs:
+        bar.update()
+        yield text
+
+
+_HINTS = {
+    "invalid_utf8": "every document has bytes that are not UTF-8; re-encode the files, or pass "
+                    "--set corpus.invalid_utf8=replace",
+    "length": "lower --set corpus.min_chars=N (or check corpus.txt_mode: 'line' makes short documents)",
+    "junk": "lower --set corpus.min_letter_ratio=R",
+}
+
+
+def _check_not_empty(inputs: list[str], totals: dict[str, int], read: ReadStats, stages: list[Stage],
+                     counts: dict[str, dict[str, int]]) -> None:
+    if totals["documents"] == 0:
+        skipped = f" ({len(read.binary_skipped)} binary files skipped)" if read.binary_skipped else ""
+        raise LmforgeError(f"no documents read from {', '.join(inputs)}{skipped}: the inputs are empty; "
+                           "check the paths, corpus.glob and corpus.txt_mode")
+    for stage in stages:
+        c = counts[stage.name]
+        if c["documents_in"] and c["documents_removed"] == c["documents_in"]:
+            raise LmforgeError(f"stage '{stage.name}' removed all {c['documents_in']} documents that reached "
+                               f"it: {_HINTS.get(stage.name, 'turn it off in the [corpus] config')}")
+
+
+def _report(inputs, cfg, read, totals, stages, counts, writers, seconds) -> dict:
+    stage_report = {}
+    for stage in stages:
+        c = dict(counts[stage.name])
+        c["characters_removed"] = c["characters_in"] - c["characters_out"]
+        stage_report[stage.name] = {**c, **stage.counts}
+    return {
+        "inputs": list(inputs),
+        "files_read": read.files,
+        "binary_files_skipped": len(read.binary_skipped),
+        "binary_files_skipped_examples": read.binary_skipped[:10],
+        "documents_in": totals["documents"],
+        "characters_in": totals["characters"],
+        "stages": stage_report,
+        "documents_out": sum(w.documents for w in writers.values()),
+        "characters_out": sum(w.characters for w in writers.values()),
+        "splits": {s: {"documents": w.documents, "characters": w.characters,
+                       "files": [p.name for p in w.files]} for s, w in writers.items()},
+        "format": cfg.format,
+        "seconds": round(seconds, 3),
+    }
+
+
+def summary(report: dict, out: Path) -> str:
+    """A few lines for people: what came in, what each stage removed or changed, what went out."""
+    skipped = report["binary_files_skipped"]
+    lines = [f"corpus: read {report['documents_in']:,} documents, {report['characters_in']:,} characters "
+             f"from {report['files_read']} files" + (f" ({skipped} binary files skipped)" if skipped else "")]
+    for name, c in report["stages"].items():
+        lines.append(f"  {name:<21} removed {c['documents_removed']:>9,} docs, "
+                     f"changed {c['documents_changed']:>9,}, {c['characters_removed']:>12,} chars removed")
+    splits = ", ".join(f"{s} {v['documents']:,} docs / {v['characters']:,} chars"
+                       for s, v in report["splits"].items())
+    lines.append(f"  out: {report['documents_out']:,} documents ({splits}) in {out} "
+                 f"[{report['seconds']:.1f} s]")
+    return "\n".join(lines)
