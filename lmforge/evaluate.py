@@ -1,0 +1,40 @@
+"""Evaluation of language models: loss, perplexity and bits per byte over a validation split.
+
+Bits per byte = total nats over the windows / ln 2 / the UTF-8 bytes of text they cover, where the
+bytes are estimated as targets x (text bytes / tokens of the split), from the shard manifest. Unlike
+perplexity it compares models with different tokenizers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from lmforge.runtime import Runtime
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, objective, batches: Iterable[dict[str, torch.Tensor]], runtime: Runtime,
+                bytes_per_token: float | None = None) -> dict[str, float]:
+    """Mean loss per target over `batches`, its perplexity and (given bytes per token) bits per byte."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=runtime.device)
+    count = torch.zeros((), dtype=torch.int64, device=runtime.device)
+    for batch in batches:
+        with runtime.autocast():
+            loss_sum, n_targets, _ = objective(model, runtime.to_device(batch))
+        total += loss_sum.double()
+        count += n_targets
+    model.train(was_training)
+    nats, targets = runtime.all_reduce_sum(total).item(), int(runtime.all_reduce_sum(count).item())
+    if targets == 0:
+        raise ValueError("evaluation saw no targets")
+    loss = nats / targets
+    out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": targets}
+    if bytes_per_token:
+        out["bits_per_byte"] = nats / math.log(2) / (targets * bytes_per_token)
+    return out

@@ -1,0 +1,185 @@
+"""Run folders: wire tokenizer, shards, model, objective and loaders into the loop, and load runs back.
+
+A run folder holds config.toml (resolved: vocab_size filled in), tokenizer/, metrics.jsonl,
+tensorboard/ and checkpoints/step-NNNNNN/. The model kind picks a *task*: its objective, its training
+batches and its validation batches (`TASKS`; masked-LM and truncated-BPTT tasks plug in there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lmforge.config import RunConfig, load_config, save_config
+from lmforge.errors import LmforgeError
+
+
+@dataclass
+class Task:
+    """What the loop needs for one model kind."""
+
+    objective: Callable
+    train_batches: Any
+    """Has `get(step, micro, rank, world, micro_batch) -> batch`."""
+    eval_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]] | None
+    """max_batches (0: all) -> validation batches; None without a validation split."""
+    bytes_per_token: float | None
+
+
+def causal_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: int = 1,
+                   rank: int = 0) -> Task:
+    from lmforge.data.loaders import CausalLMBatches, bytes_per_token, eval_batches
+    from lmforge.objectives import causal_lm_loss
+
+    seq_len, micro = cfg.seq_len(), cfg.train.micro_batch(world)
+    batches = CausalLMBatches(train_src, seq_len, cfg.train.batch_size, cfg.train.seed)
+    make_eval = None
+    if val_src is not None:
+        make_eval = lambda n: eval_batches(val_src, seq_len, micro, n, rank, world)
+    return Task(causal_lm_loss, batches, make_eval, bytes_per_token(val_src) if val_src else None)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"gpt": causal_lm_task}
+"""Model kind -> task builder. 'bert' (masked LM) and 'rnn' (truncated BPTT) register here."""
+
+
+def _task_for(kind: str) -> Callable[..., Task]:
+    if kind not in TASKS:
+        raise LmforgeError(f"model.kind={kind!r} has no pretraining task yet (available: {', '.join(TASKS)})")
+    return TASKS[kind]
+
+
+def _open_splits(cfg: RunConfig, fingerprint: str):
+    from lmforge.data.shards import TokenShards
+
+    if not cfg.data.path:
+        raise LmforgeError("config key 'data.path' is empty: pass --data SHARDS "
+                           "(a `lmforge shards build` folder)")
+    train_src = TokenShards.open(Path(cfg.data.path), cfg.data.train_split, expect_fingerprint=fingerprint)
+    try:
+        val_src = TokenShards.open(Path(cfg.data.path), cfg.data.val_split, expect_fingerprint=fingerprint)
+    except LmforgeError as e:
+        if "split" not in str(e):
+            raise
+        val_src = None
+    return train_src, val_src
+
+
+def resolve_config(cfg: RunConfig, vocab_size: int) -> RunConfig:
+    """Fill model.vocab_size from the tokenizer and check the sequence length against the model."""
+    model = cfg.model
+    if model.vocab_size == 0:
+        model = dataclasses.replace(model, vocab_size=vocab_size)
+    elif model.vocab_size < vocab_size:
+        raise LmforgeError(f"config key 'model.vocab_size' = {model.vocab_size} is smaller than the "
+                           f"tokenizer's {vocab_size}: set it to 0 (the tokenizer's) or >= {vocab_size}")
+    if cfg.seq_len() > model.context_len:
+        raise LmforgeError(f"config key 'data.seq_len' = {cfg.seq_len()} exceeds model.context_len = "
+                           f"{model.context_len}: lower data.seq_len or raise model.context_len")
+    return dataclasses.replace(cfg, model=model)
+
+
+def _prepare_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise LmforgeError(f"run folder {out} already exists: continue it with --resume, choose another "
+                           "--out, or pass --overwrite to start over")
+    if out.exists():
+        if not (out / "config.toml").is_file() and any(out.iterdir()):
+            raise LmforgeError(f"{out} is not a run folder (no config.toml): refusing to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
+    """Train a model as `cfg` says into run folder `out`; `resume` continues its latest checkpoint."""
+    from lmforge.models import build_model
+    from lmforge.runtime import setup_runtime
+    from lmforge.tokenizer import load_tokenizer
+    from lmforge.train import train
+
+    out = Path(out)
+    if resume:
+        if not (out / "config.toml").is_file():
+            raise LmforgeError(f"cannot resume {out}: it has no config.toml (start it without --resume)")
+        tok = load_tokenizer(out / "tokenizer")
+    else:
+        if not cfg.data.path:
+            raise LmforgeError("config key 'data.path' is empty: pass --data SHARDS")
+        tok = load_tokenizer(Path(cfg.data.path) / "tokenizer")
+    cfg = resolve_config(cfg, tok.vocab_size)
+    runtime = setup_runtime(cfg.runtime)
+    train_src, val_src = _open_splits(cfg, tok.fingerprint)  # refuses another tokenizer's shards
+    task = _task_for(cfg.model.kind)(cfg, train_src, val_src, runtime.world_size, runtime.rank)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model)
+    if runtime.is_main:
+        if not resume:
+            _prepare_folder(out, overwrite)
+            tok.save(out / "tokenizer")
+        save_config(cfg, out / "config.toml")  # on resume, records --set changes (e.g. more steps)
+    evaluate_fn = None
+    if task.eval_batches is not None:
+        from lmforge.evaluate import evaluate_lm
+
+        evaluate_fn = lambda m: evaluate_lm(m, task.objective, task.eval_batches(cfg.train.eval_batches),
+                                            runtime, task.bytes_per_token)
+    n_params = sum(p.numel() for p in model.parameters())  # a tied tensor counts once
+    if runtime.is_main:
+        print(f"lmforge: {cfg.model.kind} with {n_params / 1e6:.2f}M parameters on {runtime.device} "
+              f"({cfg.runtime.precision}), {cfg.train.max_steps} steps of {cfg.train.batch_size} x "
+              f"{cfg.seq_len()} tokens -> {out}")
+    result = train(model, task.objective, task.train_batches, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule,
+                   train_cfg=cfg.train, runtime=runtime, run_dir=out, evaluate_fn=evaluate_fn, resume=resume)
+    if runtime.is_main:
+        best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+        verb = "stopped by Ctrl-C at" if result.stopped == "interrupted" else "finished"
+        hint = f"; continue with `lmforge pretrain --resume {out}`" if result.stopped == "interrupted" else ""
+        print(f"lmforge: {verb} step {result.step}{best}; checkpoint {result.checkpoint}{hint}")
+    return out
+
+
+def read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    path = Path(run_dir) / "config.toml"
+    if not path.is_file():
+        raise LmforgeError(f"{run_dir} is not a run folder (no config.toml): "
+                           "give the --out folder of `lmforge pretrain`")
+    return load_config(RunConfig, path, overrides)
+
+
+@dataclass
+class LoadedRun:
+    model: nn.Module
+    """In eval mode, on the requested device."""
+    tokenizer: Any
+    config: RunConfig
+    run_dir: Path
+    step: int
+    checkpoint: Path
+
+
+def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+    """A trained model with its tokenizer and config, from a run folder's checkpoint.
+
+    `checkpoint`: best (lowest val loss; the latest when none was evaluated), latest, step-N, or a path.
+    """
+    from lmforge.checkpoint import find_checkpoint, load_weights, read_meta
+    from lmforge.models import build_model
+    from lmforge.runtime import resolve_device
+    from lmforge.tokenizer import load_tokenizer
+
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    tok_dir = ckpt / "tokenizer" if (ckpt / "tokenizer").is_dir() else run_dir / "tokenizer"
+    tokenizer = load_tokenizer(tok_dir)
+    model = build_model(cfg.model).to(resolve_device(device))
+    load_weights(ckpt, model, next(model.parameters()).device)
+    model.eval()
+    return LoadedRun(model, tokenizer, cfg, run_dir, int(read_meta(ckpt)["step"]), ckpt)

@@ -1,0 +1,243 @@
+"""The one training loop. It knows nothing about GPT: it is handed a model, a loss and a batch source.
+
+- `objective(model, batch) -> (loss_sum, n_targets, extras)` sums its per-target losses; the loop
+  divides by the targets of the whole step (all micro-batches, all processes), counted on the host
+  before any backward pass, so accumulation/data parallelism give exactly one big batch's gradient.
+- `batches.get(step, micro, rank, world, micro_batch)` is a pure function of the step, so the step
+  saved in a checkpoint is the whole data position.
+- The host synchronises with the device only at log, eval and save steps (`.item()` there), except
+  with `train.on_nan="skip"`, which must look at every step's loss before the update.
+
+Outputs in `run_dir`: metrics.jsonl (one JSON object per log/eval event; `step` counts completed
+optimizer steps), tensorboard/ (when tensorboard is installed), checkpoints/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lmforge.atomic import write_text
+from lmforge.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from lmforge.config import OptimConfig, ScheduleConfig, TrainConfig
+from lmforge.errors import LmforgeError
+from lmforge.objectives import count_targets
+from lmforge.optim import build_optimizer, lr_at, set_lr
+from lmforge.runtime import Runtime
+
+Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Any, dict]]
+EvaluateFn = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass
+class TrainResult:
+    step: int
+    """Optimizer steps completed."""
+    stopped: str
+    """'done', or 'interrupted' (Ctrl-C: saved, resumable)."""
+    checkpoint: Path | None
+    best_val_loss: float | None
+
+
+class MetricsLog:
+    """metrics.jsonl (appended, flushed per line) plus TensorBoard scalars when available."""
+
+    def __init__(self, run_dir: Path, resume_step: int | None, enabled: bool = True) -> None:
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.file = self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            # a killed run may have logged past its last checkpoint: those steps will be redone
+            kept = [ln for ln in self.path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            write_text(self.path, "".join(ln + "\n" for ln in kept))
+        self.file = self.path.open("a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
+        except ImportError:
+            pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+@contextlib.contextmanager
+def _sigint_flag() -> Iterator[threading.Event]:
+    """Ctrl-C sets a flag the loop reads after the current step; a second Ctrl-C interrupts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.set()
+        signal.signal(signal.SIGINT, previous)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _every(n: int, done: int, last: bool) -> bool:
+    return last or (n > 0 and done % n == 0)
+
+
+def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: OptimConfig,
+          schedule_cfg: ScheduleConfig, train_cfg: TrainConfig, runtime: Runtime, run_dir: Path,
+          evaluate_fn: EvaluateFn | None = None, resume: bool = False) -> TrainResult:
+    """Train `model` (a plain module) for `train_cfg.max_steps` optimizer steps.
+
+    `resume` continues from the latest checkpoint in `run_dir` (weights, optimizer, scaler, RNG, step).
+    `evaluate_fn(model) -> {"loss": ..., ...}` runs every `eval_every` steps and at the end, in eval
+    mode under no_grad; its "loss" picks the best checkpoint.
+    """
+    run_dir = Path(run_dir)
+    raw = model.to(runtime.device)
+    optimizer = build_optimizer(raw, optim_cfg, runtime.device.type)
+    scaler = runtime.grad_scaler()
+    start, best, tokens_seen = 0, None, 0
+    if resume and list_checkpoints(run_dir):
+        base_lrs = [g["base_lr"] for g in optimizer.param_groups]
+        state = load_checkpoint(find_checkpoint(run_dir, "latest"), raw, optimizer, scaler)
+        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+            group["base_lr"] = base_lr  # the config's lr wins over the saved one
+        start, best, tokens_seen = state["step"], state.get("best_val_loss"), state.get("tokens", 0)
+    model = runtime.wrap(raw)
+    model.train()
+    world, accum = runtime.world_size, train_cfg.grad_accum_steps(runtime.world_size)
+    micro_batch = train_cfg.micro_batch(world)
+    log = MetricsLog(run_dir, start if resume else None, enabled=runtime.is_main)
+    flops_per_token = getattr(raw, "flops_per_token", None)
+    peak = runtime.peak_flops()
+    bar = tqdm(total=train_cfg.max_steps, initial=start, disable=not (train_cfg.progress and runtime.is_main),
+               dynamic_ncols=True, unit="step")
+    t_start = t_log = time.perf_counter()
+    tokens_since_log, bad = 0, torch.zeros((), dtype=torch.bool, device=runtime.device)
+    checkpoint, stopped, val_loss, done = None, "done", None, start
+
+    def save(done: int) -> Path:
+        if bool(bad):
+            raise _diverged(run_dir, done)
+        return save_checkpoint(run_dir, done, runtime.unwrap(model), optimizer, scaler,
+                               {"step": done, "tokens": tokens_seen, "val_loss": val_loss,
+                                "best_val_loss": best}, keep_last=train_cfg.keep_last)
+
+    with _sigint_flag() as interrupted:
+        try:
+            for step in range(start, train_cfg.max_steps):
+                done, last = step + 1, step + 1 == train_cfg.max_steps
+                set_lr(optimizer, lr_at(step, train_cfg.max_steps, schedule_cfg))
+                micro = [batches.get(step, m, runtime.rank, world, micro_batch) for m in range(accum)]
+                n_targets = runtime.sum_count(sum(count_targets(b) for b in micro))
+                n_tokens = runtime.sum_count(sum(b["input_ids"].numel() for b in micro))
+                loss_sum = _forward_backward(model, objective, micro, n_targets, runtime, scaler)
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), train_cfg.grad_clip or math.inf,
+                                                           foreach=runtime.device.type != "mps")
+                finite = torch.isfinite(loss_sum)
+                if train_cfg.on_nan == "skip" and not finite:
+                    optimizer.zero_grad(set_to_none=True)
+                    log.write({"step": done, "skipped": "non-finite loss"})
+                else:
+                    bad |= ~finite
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                tokens_seen += n_tokens
+                tokens_since_log += n_tokens
+                bar.update(1)
+                if _every(train_cfg.log_every, done, last) or interrupted.is_set():
+                    loss = loss_sum.item() / max(n_targets, 1)
+                    if bool(bad):
+                        raise _diverged(run_dir, done)
+                    now = time.perf_counter()
+                    record = {"step": done, "loss": loss, "lr": optimizer.param_groups[0]["lr"],
+                              "grad_norm": grad_norm.item(), "tokens": tokens_seen,
+                              "tokens_per_s": tokens_since_log / (now - t_log), "elapsed": now - t_start}
+                    if flops_per_token is not None and peak:
+                        seq_len = micro[0]["input_ids"].shape[-1]
+                        record["mfu"] = flops_per_token(seq_len) * record["tokens_per_s"] / (peak * world)
+                    log.write(record)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    t_log, tokens_since_log = time.perf_counter(), 0
+                if evaluate_fn is not None and _every(train_cfg.eval_every, done, last):
+                    val_loss = _evaluate(model, evaluate_fn, log, done)
+                    best = val_loss if best is None else min(best, val_loss)
+                    t_log = time.perf_counter()  # evaluation time is not training throughput
+                if _every(train_cfg.save_every, done, last) or interrupted.is_set():
+                    checkpoint = save(done) if runtime.is_main else checkpoint
+                    t_log = time.perf_counter()
+                val_loss = None
+                if interrupted.is_set():
+                    stopped = "interrupted"
+                    break
+        finally:
+            bar.close()
+            log.close()
+    return TrainResult(step=done, stopped=stopped,
+                       checkpoint=checkpoint, best_val_loss=best)
+
+
+def _forward_backward(model: nn.Module, objective: Objective, micro: list[dict[str, torch.Tensor]],
+                      n_targets: int, runtime: Runtime, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """Accumulate the gradients of one step's micro-batches; return the summed loss (on device)."""
+    scale = 1.0 / max(n_targets, 1)
+    total = torch.zeros((), device=runtime.device)
+    nxt = runtime.to_device(micro[0])
+    for m in range(len(micro)):
+        batch = nxt
+        if m + 1 < len(micro):
+            nxt = runtime.to_device(micro[m + 1])  # the copy overlaps this micro-step's compute on CUDA
+        with runtime.no_sync(model, sync=m + 1 == len(micro)):
+            with runtime.autocast():
+                loss_sum, _, _ = objective(model, batch)
+            scaler.scale(loss_sum * scale).backward()
+        total += loss_sum.detach().float()
+    return total
+
+
+def _evaluate(model: nn.Module, evaluate_fn: EvaluateFn, log: MetricsLog, done: int) -> float:
+    model.eval()
+    with torch.no_grad():
+        metrics = evaluate_fn(model)
+    model.train()
+    log.write({"step": done, **{f"val_{k}": v for k, v in metrics.items()}})
+    return metrics["loss"]
+
+
+def _diverged(run_dir: Path, done: int) -> LmforgeError:
+    kept = list_checkpoints(run_dir)
+    where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was saved"
+    return LmforgeError(f"the training loss became NaN/inf by step {done}; {where}. Lower optim.lr, raise "
+                        "schedule.warmup_steps, use runtime.precision=bf16 instead of fp16, or set "
+                        "train.on_nan=skip")
