@@ -99,6 +99,78 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# pretrain / eval / plot
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from lmforge.config import RunConfig, load_config
+    from lmforge.run import pretrain, read_run_config
+
+    overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
+    if args.resume:
+        run_dir = Path(args.resume if isinstance(args.resume, str) else args.out or "")
+        if not str(run_dir):
+            raise LmforgeError("--resume needs a run folder: `lmforge pretrain --resume RUN`")
+        if args.config:
+            raise LmforgeError("--resume reads RUN/config.toml: drop --config (use --set to change a value)")
+        pretrain(read_run_config(run_dir, overrides), run_dir, resume=True)
+        return 0
+    if not args.config or not args.out:
+        raise LmforgeError("pretrain needs --config FILE.toml|PRESET, --data SHARDS and --out RUN "
+                           "(or --resume RUN)")
+    pretrain(load_config(RunConfig, args.config, overrides), Path(args.out), overwrite=args.overwrite)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from lmforge.atomic import write_json
+    from lmforge.evaluate import evaluate_run
+
+    metrics = evaluate_run(Path(args.run), Path(args.data) if args.data else None, split=args.split,
+                           max_batches=args.batches, checkpoint=args.checkpoint, device=args.device)
+    print(json.dumps(metrics, indent=2))
+    if args.out:
+        write_json(args.out, metrics)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from lmforge.plot import plot_runs
+
+    plot_runs([Path(r) for r in args.runs], Path(args.out))
+    print(f"lmforge: wrote {args.out}")
+    return 0
+
+
+def _register_train(sub) -> None:
+    p = sub.add_parser("pretrain", help="pretrain a GPT/BERT/RNN on token shards")
+    _add_config_args(p, "TOML run config or preset name (gpt-tiny, gpt-shakespeare-char, gpt2-small, ...)")
+    p.add_argument("--data", help="shards folder (sets data.path)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
+                   help="continue the run in RUN (or --out) from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run on token shards")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--data", help="shards folder (default: the run's data.path)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--batches", type=int, default=0, help="evaluate the first N batches (default: all)")
+    p.add_argument("--checkpoint", default="best", help="best, latest, step-N or a path")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="also write the metrics to this JSON file")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="plot loss, val loss, lr and throughput of runs side by side")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
+    p.set_defaults(func=cmd_plot)
+
+
+# ----------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -153,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, "TOML file with a [shards] section")
     p.set_defaults(func=cmd_shards_build)
 
+    _register_train(sub)
     return parser
 
 

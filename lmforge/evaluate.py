@@ -7,12 +7,15 @@ perplexity it compares models with different tokenizers.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from lmforge.errors import LmforgeError
 from lmforge.runtime import Runtime
 
 
@@ -38,3 +41,24 @@ def evaluate_lm(model: nn.Module, objective, batches: Iterable[dict[str, torch.T
     if bytes_per_token:
         out["bits_per_byte"] = nats / math.log(2) / (targets * bytes_per_token)
     return out
+
+
+def evaluate_run(run_dir: Path, data: Path | None = None, split: str = "val", max_batches: int = 0,
+                 checkpoint: str = "best", device: str = "auto") -> dict[str, float]:
+    """`lmforge eval`: a run's checkpoint on one split of a shards folder (the run's data by default)."""
+    from lmforge.data.shards import TokenShards
+    from lmforge.run import TASKS, load_run
+    from lmforge.runtime import setup_runtime
+
+    run = load_run(run_dir, checkpoint, device)
+    cfg = run.config
+    data = Path(data or cfg.data.path)
+    if not str(data):
+        raise LmforgeError(f"{run_dir}/config.toml has no data.path: pass --data SHARDS")
+    source = TokenShards.open(data, split, expect_fingerprint=run.tokenizer.fingerprint)
+    device_name = str(next(run.model.parameters()).device)
+    runtime = setup_runtime(dataclasses.replace(cfg.runtime, device=device_name, compile=False))
+    task = TASKS[cfg.model.kind](cfg, source, source)
+    metrics = evaluate_lm(run.model, task.objective, task.eval_batches(max_batches), runtime,
+                          task.bytes_per_token)
+    return {"checkpoint": run.checkpoint.name, "split": split, **metrics}
