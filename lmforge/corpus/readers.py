@@ -18,7 +18,6 @@ import json
 import lzma
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from fnmatch import fnmatch
 from pathlib import Path
 from typing import IO
 
@@ -92,9 +91,8 @@ def _builtin(spec: str) -> Iterator[str]:
 
 def _iter_folder(folder: Path, cfg: CorpusConfig, stats: ReadStats) -> Iterator[str]:
     """Every matching file under `folder` in sorted order; binary files are skipped and counted."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-                   and fnmatch(p.relative_to(folder).as_posix(), cfg.glob))
+    files = sorted(p for p in folder.glob(cfg.glob) if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     for path in files:
         try:
             yield from iter_file(path, cfg)

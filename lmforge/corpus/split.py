@@ -23,14 +23,15 @@ def shuffle(docs: Iterable[str], buffer_size: int, seed: int) -> Iterator[str]:
 
 
 def assign_splits(docs: Iterable[str], val_fraction: float, seed: int) -> Iterator[tuple[str, str]]:
-    """Yield ("train" | "val", text). Each document goes to val with probability `val_fraction`; the
-    last train document is held back so that val gets at least one document when there are two or
-    more and val_fraction > 0."""
+    """Yield ("train" | "val", text). Each document goes to val with probability `val_fraction`. The
+    first document always goes to train, and the last train document is held back so that val gets
+    at least one document when there are two or more and val_fraction > 0."""
     rng = random.Random(f"split-{seed}")
     held: str | None = None
     n_val = n_train = 0
     for doc in docs:
-        if val_fraction > 0 and rng.random() < val_fraction:
+        to_val = rng.random() < val_fraction
+        if to_val and held is not None:  # the first document always stays in train
             n_val += 1
             yield "val", doc
             continue
