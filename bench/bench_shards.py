@@ -88,9 +88,11 @@ def rss(work: Path, docs: list[str], tok_dir: Path, max_gb: float) -> None:
         secs = time.perf_counter() - t0
         stats = json.loads(res.stdout.strip().splitlines()[-1])
         n_workers = os.cpu_count()
-        print(f"{n_bytes / 1e9:.2f} GB: main process peak {stats['self_mb']:.0f} MB, largest worker "
+        print(f"{n_bytes / 1e9:.2f} GB: main process peak {stats['self_mb']:.0f} MB, "
+              f"largest worker "
               f"{stats['max_worker_mb']:.0f} MB, tree upper bound (main + {n_workers} workers) "
-              f"{stats['self_mb'] + n_workers * stats['max_worker_mb']:.0f} MB, {n_bytes / secs / 1e6:.1f} MB/s")
+              f"{stats['self_mb'] + n_workers * stats['max_worker_mb']:.0f} MB, "
+              f"{n_bytes / secs / 1e6:.1f} MB/s")
 
 
 def main() -> None:
