@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lmforge.corpus.clean import (InvalidUtf8, Junk, Length, Nfkc, NormalizeWhitespace, StripControl, StripHtml,
-                                  letter_ratio)
+from lmforge.corpus.clean import (
+    InvalidUtf8,
+    Junk,
+    Length,
+    Nfkc,
+    NormalizeWhitespace,
+    StripControl,
+    StripHtml,
+    letter_ratio,
+)
 from lmforge.corpus.dedup import ExactDedup, MinHasher, NearDedup
 from lmforge.corpus.pii import ScrubPii
 from lmforge.corpus.split import assign_splits, shuffle
@@ -76,12 +84,12 @@ def test_pii_scrubbed_and_numbers_kept() -> None:
     stage = ScrubPii()
     text = ("Mail jane.doe+news@example.co.uk or call (555) 123-4567 / +44 20 7946 0958. "
             "Server 192.168.1.20 and fe80::1ff:fe23:4567:890a. "
-            "Python 3.11.2, version 1.2.3.4, 1,000,000 people in 2011 2012, pi 3.14159, on 2010-07-04 12:15:58, "
-            "std::vector, ISBN 978-3-16-148410-0.")
+            "Python 3.11.2, version 1.2.3.4, 1,000,000 people in 2011 2012, pi 3.14159, "
+            "on 2010-07-04 12:15:58, std::vector, ISBN 978-3-16-148410-0.")
     out = stage(text)
     assert out.count("<EMAIL>") == 1 and out.count("<PHONE>") == 2 and out.count("<IP>") == 2
-    for kept in ("3.11.2", "1.2.3.4", "1,000,000", "2011 2012", "3.14159", "2010-07-04 12:15:58", "std::vector",
-                 "978-3-16-148410-0"):
+    for kept in ("3.11.2", "1.2.3.4", "1,000,000", "2011 2012", "3.14159", "2010-07-04 12:15:58",
+                 "std::vector", "978-3-16-148410-0"):
         assert kept in out
     assert stage.counts == {"emails": 1, "phones": 2, "ips": 2}
 

@@ -62,7 +62,7 @@ def test_csv_header_and_index(tmp_path: Path) -> None:
 
 def test_tsv_keeps_quotes(tmp_path: Path) -> None:
     p = tmp_path / "d.tsv.gz"
-    p.write_bytes(gzip.compress('label\ttext\n1\tsays "hi\n0\ta 12" record\n'.encode()))
+    p.write_bytes(gzip.compress(b'label\ttext\n1\tsays "hi\n0\ta 12" record\n'))
     assert read([p]) == ['says "hi', 'a 12" record']
 
 
@@ -71,7 +71,8 @@ def test_parquet_by_row_groups(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     p = tmp_path / "d.parquet"
-    pq.write_table(pa.table({"text": [f"doc {i}" for i in range(10)], "n": list(range(10))}), p, row_group_size=3)
+    table = pa.table({"text": [f"doc {i}" for i in range(10)], "n": list(range(10))})
+    pq.write_table(table, p, row_group_size=3)
     assert read([p]) == [f"doc {i}" for i in range(10)]
     with pytest.raises(LmforgeError, match=r"no column 'body' \(columns: text, n\)"):
         read([p], text_field="body")
