@@ -114,3 +114,17 @@ def test_bert_base_size():
         model = Bert(cfg)
     # HF bert-base-uncased: 109,482,240 in BertModel (pooler included) + MLM head transform and bias
     assert model.num_params() == 109_482_240 + 768 * 768 + 768 + 2 * 768 + 30522
+
+
+@pytest.mark.parametrize("preset, layers, width", [("bert-tiny", 2, 128), ("bert-mini", 4, 256),
+                                                   ("bert-base", 12, 768)])
+def test_presets_load_and_build(preset, layers, width):
+    from lmforge.config import RunConfig, load_config
+
+    cfg = load_config(RunConfig, preset, ["model.vocab_size=30522"])
+    assert isinstance(cfg.model, BertConfig) and (cfg.model.n_layer, cfg.model.d_model) == (layers, width)
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    assert cfg.seq_len() <= cfg.model.context_len and model.num_params() > 0
+    if preset == "bert-base":
+        assert cfg.model.context_len == 512 and model.num_params() == 109_482_240 + 768 * 768 + 768 + 2 * 768 + 30522

@@ -53,3 +53,17 @@ def test_tying_init_counts_and_gradients():
 def test_tying_needs_equal_sizes():
     with pytest.raises(LmforgeError, match="d_embed == model.d_hidden"):
         RNNConfig(vocab_size=10, d_embed=16, d_hidden=32)
+
+
+def test_wikitext2_preset_is_the_classic_medium_lstm():
+    from lmforge.config import RunConfig, load_config
+
+    cfg = load_config(RunConfig, "rnn-lstm-wt2", ["model.vocab_size=33278"])
+    m, o = cfg.model, cfg.optim
+    assert (m.cell, m.n_layer, m.d_hidden, m.dropout, m.tie_embeddings) == ("lstm", 2, 650, 0.5, True)
+    assert (o.name, o.lr, o.momentum, cfg.train.grad_clip, cfg.train.batch_size, cfg.seq_len()) == \
+        ("sgd", 20.0, 0.0, 0.25, 20, 35)
+    with torch.device("meta"):
+        model = build_model(m)
+    # 33278 x 650 tied embedding + decoder bias + two LSTM layers of 4 x (650 x 1300 + 2 x 650)
+    assert model.num_params() == 33278 * 650 + 33278 + 2 * 4 * (650 * 1300 + 2 * 650)
