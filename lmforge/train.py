@@ -165,7 +165,8 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                 grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), train_cfg.grad_clip or math.inf,
                                                            foreach=runtime.device.type != "mps")
                 finite = torch.isfinite(loss_sum)
-                if train_cfg.on_nan == "skip" and not finite:
+                skipped = train_cfg.on_nan == "skip" and not finite
+                if skipped:
                     optimizer.zero_grad(set_to_none=True)
                     log.write({"step": done, "skipped": "non-finite loss"})
                 else:
@@ -176,7 +177,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                 tokens_seen += n_tokens
                 tokens_since_log += n_tokens
                 bar.update(1)
-                if _every(train_cfg.log_every, done, last) or interrupted.is_set():
+                if (_every(train_cfg.log_every, done, last) or interrupted.is_set()) and not skipped:
                     loss = loss_sum.item() / max(n_targets, 1)
                     if bool(bad):
                         raise _diverged(run_dir, done)

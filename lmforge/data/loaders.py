@@ -43,7 +43,8 @@ class ArrayTokens:
 
 def _to_batch(windows: np.ndarray) -> dict[str, torch.Tensor]:
     w = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.int64))  # (B, T+1)
-    return {"input_ids": w[:, :-1], "labels": w[:, 1:]}
+    # separate contiguous tensors: a loader or objective may edit labels in place without touching inputs
+    return {"input_ids": w[:, :-1].contiguous(), "labels": w[:, 1:].contiguous()}
 
 
 class CausalLMBatches:
