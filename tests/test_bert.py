@@ -4,6 +4,9 @@ import torch
 from lmforge.config import BertConfig
 from lmforge.models import Bert, build_model
 
+# HF bert-base-uncased: 109,482,240 in BertModel (pooler included), plus the MLM head's dense, norm, bias
+BERT_BASE_PARAMS = 109_482_240 + 768 * 768 + 768 + 2 * 768 + 30522
+
 
 def tiny(**kw) -> Bert:
     torch.manual_seed(0)
@@ -112,8 +115,7 @@ def test_bert_base_size():
     cfg = BertConfig(vocab_size=30522, context_len=512, n_layer=12, n_head=12, d_model=768, d_ff=3072)
     with torch.device("meta"):
         model = Bert(cfg)
-    # HF bert-base-uncased: 109,482,240 in BertModel (pooler included) + MLM head transform and bias
-    assert model.num_params() == 109_482_240 + 768 * 768 + 768 + 2 * 768 + 30522
+    assert model.num_params() == BERT_BASE_PARAMS
 
 
 @pytest.mark.parametrize("preset, layers, width", [("bert-tiny", 2, 128), ("bert-mini", 4, 256),
@@ -127,4 +129,4 @@ def test_presets_load_and_build(preset, layers, width):
         model = build_model(cfg.model)
     assert cfg.seq_len() <= cfg.model.context_len and model.num_params() > 0
     if preset == "bert-base":
-        assert cfg.model.context_len == 512 and model.num_params() == 109_482_240 + 768 * 768 + 768 + 2 * 768 + 30522
+        assert cfg.model.context_len == 512 and model.num_params() == BERT_BASE_PARAMS
