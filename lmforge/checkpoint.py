@@ -143,11 +143,14 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
 
 
 def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu") -> None:
-    missing, unexpected = load_model(model, str(Path(ckpt) / "model.safetensors"), strict=False,
-                                     device=str(device))
+    path = Path(ckpt) / "model.safetensors"
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
+    except RuntimeError as e:  # shape mismatches
+        missing, unexpected = [str(e).splitlines()[-1].strip()], []
     if missing or unexpected:
-        raise LmforgeError(f"{ckpt}/model.safetensors does not fit the model of config.toml "
-                           f"(missing {missing[:3]}, unexpected {unexpected[:3]}): was the config edited?")
+        raise LmforgeError(f"{path} does not fit the model of config.toml (missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]}): was the config edited?")
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Any = None, scaler: Any = None,
