@@ -80,9 +80,10 @@ class Attention(nn.Module):
             start = kv_cache.pos
             k, v = kv_cache.update(self.layer, k, v)  # (B, nh, S, hs)
             if start > 0:
-                # query i sits at position start + i and may see keys 0 .. start + i
+                # query i sits at position start + i and may see keys 0 .. start + i (one query: all keys)
                 causal = False
-                mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
+                if T > 1:
+                    mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
