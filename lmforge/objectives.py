@@ -31,3 +31,17 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
     labels = batch["labels"]  # (B, T)
     loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
     return loss_sum, (labels != IGNORE).sum(), {}
+
+
+def masked_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Cross-entropy summed over the masked (labelled) positions; extras count the correct predictions.
+
+    All positions go through the loss with IGNORE labels rather than gathering the selected rows:
+    boolean indexing would make the host wait for the device on every micro-step.
+    """
+    logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))  # (B, T, V)
+    labels = batch["labels"]  # (B, T)
+    loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    selected = labels != IGNORE  # (B, T)
+    correct = ((logits.detach().argmax(dim=-1) == labels) & selected).sum()
+    return loss_sum, selected.sum(), {"correct": correct}
