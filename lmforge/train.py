@@ -60,6 +60,7 @@ class MetricsLog:
         self.file = self.tb = None
         if not enabled:
             return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             # a killed run may have logged past its last checkpoint: those steps will be redone
             kept = [ln for ln in self.path.read_text().splitlines()
