@@ -170,6 +170,24 @@ def _register_train(sub) -> None:
     p.set_defaults(func=cmd_plot)
 
 
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from lmforge.quickstart import quickstart
+
+    quickstart(Path(args.out), args.config, tuple(args.overrides), vocab_size=args.vocab_size, fresh=args.fresh)
+    return 0
+
+
+def _register_quickstart(sub) -> None:
+    p = sub.add_parser("quickstart", help="the whole pipeline on the Python docs, offline, on CPU, in minutes")
+    p.add_argument("--out", default="quickstart", help="folder for corpus, tokenizer, shards and run")
+    p.add_argument("--config", default="gpt-tiny", help="run config or preset name")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a run config value (repeatable)")
+    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--fresh", action="store_true", help="rebuild corpus, tokenizer and shards too")
+    p.set_defaults(func=cmd_quickstart)
+
+
 # ----------------------------------------------------------------------------------------------------
 # parser
 
@@ -225,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, "TOML file with a [shards] section")
     p.set_defaults(func=cmd_shards_build)
 
+    _register_quickstart(sub)
     _register_train(sub)
     return parser
 

@@ -1,0 +1,86 @@
+"""`lmforge quickstart`: the whole pipeline on text every Python installation carries, offline, on CPU.
+
+builtin:python-docs -> corpus -> byte-level BPE -> shards -> gpt-tiny pretraining -> validation
+perplexity before and after -> generated samples -> a plot. Each stage writes its own folder under
+OUT; a stage whose folder already exists is reused (every stage writes atomically, so an existing
+folder is complete), so a second quickstart only trains again.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmforge.config import CorpusConfig, RunConfig, ShardConfig, TokenizerConfig, load_config
+
+PROMPTS = ("The list", "A dictionary is", "To open a file")
+
+
+def _stage(name: str, folder: Path, fresh: bool) -> bool:
+    """True when the stage must run; prints what is reused otherwise."""
+    if folder.exists() and not fresh:
+        print(f"quickstart: {name}: reusing {folder}")
+        return False
+    print(f"quickstart: {name} -> {folder}")
+    return True
+
+
+def untrained_metrics(cfg: RunConfig) -> dict[str, float]:
+    """Validation metrics of the freshly initialised model (the run's own init: same seed)."""
+    import torch
+
+    from lmforge.data.shards import TokenShards
+    from lmforge.evaluate import evaluate_lm
+    from lmforge.models import build_model
+    from lmforge.run import TASKS
+    from lmforge.runtime import setup_runtime
+
+    runtime = setup_runtime(cfg.runtime)
+    val = TokenShards.open(Path(cfg.data.path), cfg.data.val_split)
+    task = TASKS[cfg.model.kind](cfg, val, val)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).to(runtime.device)
+    return evaluate_lm(model, task.objective, task.eval_batches(cfg.train.eval_batches), runtime,
+                       task.bytes_per_token)
+
+
+def quickstart(out: Path, config: str = "gpt-tiny", overrides: tuple[str, ...] = (), vocab_size: int = 4096,
+               fresh: bool = False, samples: int = 3) -> Path:
+    from lmforge.corpus.build import build_corpus
+    from lmforge.data.shards import build_shards
+    from lmforge.evaluate import evaluate_run
+    from lmforge.generate import generate
+    from lmforge.plot import plot_runs
+    from lmforge.run import load_run, pretrain, resolve_config
+    from lmforge.tokenizer import load_tokenizer, train_tokenizer
+
+    out = Path(out)
+    corpus, tok_dir, shards, run_dir = out / "corpus", out / "tokenizer", out / "shards", out / "run"
+    if _stage("corpus from builtin:python-docs", corpus, fresh):
+        build_corpus(["builtin:python-docs"], corpus, CorpusConfig(), overwrite=True)
+    if _stage(f"byte-level BPE tokenizer ({vocab_size} tokens)", tok_dir, fresh):
+        train_tokenizer(corpus, tok_dir, TokenizerConfig(kind="bpe", vocab_size=vocab_size), overwrite=True)
+    if _stage("token shards", shards, fresh or not tok_dir.exists()):
+        build_shards(corpus, tok_dir, shards, ShardConfig(), overwrite=True)
+
+    cfg = load_config(RunConfig, config, [f"data.path={str(shards)!r}", *overrides])
+    cfg = resolve_config(cfg, load_tokenizer(shards / "tokenizer").vocab_size)
+    before = untrained_metrics(cfg)
+    print(f"quickstart: pretraining {config} -> {run_dir}")
+    pretrain(cfg, run_dir, overwrite=True)
+    after = evaluate_run(run_dir, shards, "val", device=cfg.runtime.device)
+
+    plot = run_dir / "plot.png"
+    plot_runs([run_dir], plot)
+    run = load_run(run_dir)
+    print("\nquickstart: samples (temperature 0.8, top-k 40)")
+    for i, prompt in enumerate(PROMPTS[:samples]):
+        text = generate(run.model, run.tokenizer, prompt, max_new_tokens=60, temperature=0.8, top_k=40, seed=i)
+        print(f"  --- {prompt!r}\n  {prompt}{text}".replace("\n", "\n  "))
+    print(f"\nquickstart: validation perplexity {before['perplexity']:,.1f} before training -> "
+          f"{after['perplexity']:,.1f} after ({after.get('bits_per_byte', float('nan')):.3f} bits per byte)")
+    print(f"quickstart: run folder {run_dir} (checkpoints, metrics.jsonl, config.toml, tokenizer/); "
+          f"plot {plot}")
+    print(f"quickstart: next: lmforge generate {run_dir} --prompt 'The list'  |  "
+          f"lmforge eval {run_dir}  |  lmforge export {run_dir} --format hf --out {out / 'hf'}")
+    return run_dir
+
