@@ -141,3 +141,15 @@ def test_builtin_python_docs_is_english_text() -> None:
     assert len(docs) > 300 and sum(map(len, docs)) > 1_000_000
     assert any("The Python Standard Library" in d or "import" in d for d in docs)
     assert any(d.startswith("json\n") for d in docs)
+
+
+def test_hf_unknown_dataset_is_one_line_error(monkeypatch) -> None:
+    datasets = pytest.importorskip("datasets")
+
+    def missing(name, config=None, split=None, streaming=False):  # the Hub's answer, without the network
+        raise FileNotFoundError(f"Dataset '{name}' doesn't exist on the Hub or cannot be accessed.\nmore")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    with pytest.raises(LmforgeError, match=r"cannot load dataset 'nobody/nothing' \(Dataset .*check the name") as e:
+        read(["hf:nobody/nothing:train"])
+    assert "\n" not in str(e.value)

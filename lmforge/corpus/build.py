@@ -153,9 +153,9 @@ def _report(inputs, cfg, read, totals, stages, counts, writers, seconds) -> dict
 
 def summary(report: dict, out: Path) -> str:
     """A few lines for people: what came in, what each stage removed or changed, what went out."""
-    skipped = report["binary_files_skipped"]
+    skipped, n = report["binary_files_skipped"], report["files_read"]
     lines = [f"corpus: read {report['documents_in']:,} documents, {report['characters_in']:,} characters "
-             f"from {report['files_read']} files" + (f" ({skipped} binary files skipped)" if skipped else "")]
+             f"from {n} inputs" + (f" ({skipped} binary files skipped)" if skipped else "")]
     for name, c in report["stages"].items():
         lines.append(f"  {name:<21} removed {c['documents_removed']:>9,} docs, "
                      f"changed {c['documents_changed']:>9,}, {c['characters_removed']:>12,} chars removed")
