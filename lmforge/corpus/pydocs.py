@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import pkgutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from lmforge.errors import LmforgeError
 
@@ -25,8 +27,10 @@ SKIP = {"this", "antigravity", "idlelib", "tkinter", "turtle", "turtledemo", "re
 
 def iter_python_docs() -> Iterator[str]:
     """Stream the documents from a child process (isolated from import side effects)."""
+    root = str(Path(__file__).resolve().parents[2])  # so the child imports this lmforge, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "lmforge.corpus.pydocs"], stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
@@ -99,7 +103,6 @@ def _module_document(name: str) -> str | None:
 def _main() -> None:
     import contextlib
     import io
-    import os
     import warnings
     from pydoc_data.topics import topics
 
