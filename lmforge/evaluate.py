@@ -22,16 +22,22 @@ from lmforge.runtime import Runtime
 @torch.no_grad()
 def evaluate_lm(model: nn.Module, objective, batches: Iterable[dict[str, torch.Tensor]], runtime: Runtime,
                 bytes_per_token: float | None = None) -> dict[str, float]:
-    """Mean loss per target over `batches`, its perplexity and (given bytes per token) bits per byte."""
+    """Mean loss per target over `batches`, its perplexity and (given bytes per token) bits per byte.
+
+    An objective whose extras count `correct` predictions also gets `accuracy` (per target).
+    """
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=runtime.device)
     count = torch.zeros((), dtype=torch.int64, device=runtime.device)
+    correct = None
     for batch in batches:
         with runtime.autocast():
-            loss_sum, n_targets, _ = objective(model, runtime.to_device(batch))
+            loss_sum, n_targets, extras = objective(model, runtime.to_device(batch))
         total += loss_sum.double()
         count += n_targets
+        if "correct" in extras:
+            correct = extras["correct"].long() + (0 if correct is None else correct)
     model.train(was_training)
     nats, targets = runtime.all_reduce_sum(total).item(), int(runtime.all_reduce_sum(count).item())
     if targets == 0:
@@ -40,6 +46,8 @@ def evaluate_lm(model: nn.Module, objective, batches: Iterable[dict[str, torch.T
     out = {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": targets}
     if bytes_per_token:
         out["bits_per_byte"] = nats / math.log(2) / (targets * bytes_per_token)
+    if correct is not None:
+        out["accuracy"] = runtime.all_reduce_sum(correct).item() / targets
     return out
 
 

@@ -46,7 +46,28 @@ def causal_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: i
     return Task(causal_lm_loss, batches, make_eval, bytes_per_token(val_src) if val_src else None)
 
 
-TASKS: dict[str, Callable[..., Task]] = {"gpt": causal_lm_task}
+def masked_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: int = 1,
+                   rank: int = 0) -> Task:
+    """[CLS] ... [SEP] sequences with dynamic masking; validation masks are fixed (VAL_MASK_SEED)."""
+    from lmforge.data.mlm import VAL_MASK_SEED, MaskedLMBatches, SpecialTokens
+    from lmforge.objectives import masked_lm_loss
+    from lmforge.tokenizer import load_tokenizer
+
+    # the shards folder carries the tokenizer it was built with (its fingerprint was checked on open)
+    tok = load_tokenizer(Path(train_src.folder) / "tokenizer")
+    specials, seq_len, micro = SpecialTokens.from_tokenizer(tok), cfg.seq_len(), cfg.train.micro_batch(world)
+    word_starts = tok.word_starts if cfg.mlm.whole_word else None
+    batches = MaskedLMBatches(train_src, specials, seq_len, cfg.train.batch_size, cfg.train.seed, cfg.mlm,
+                              word_starts)
+    make_eval = None
+    if val_src is not None:
+        val = MaskedLMBatches(val_src, specials, seq_len, micro, VAL_MASK_SEED, cfg.mlm, word_starts,
+                              shuffle=False)
+        make_eval = lambda n: val.eval_batches(micro, n, rank, world)
+    return Task(masked_lm_loss, batches, make_eval, None)  # bits per byte mean nothing for masked tokens
+
+
+TASKS: dict[str, Callable[..., Task]] = {"gpt": causal_lm_task, "bert": masked_lm_task}
 """Model kind -> task builder. 'bert' (masked LM) and 'rnn' (truncated BPTT) register here."""
 
 

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import BertConfig
+from lmforge.config import BertConfig, MaskingConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
+from lmforge.data.mlm import MaskedLMBatches, SpecialTokens
 from lmforge.models import build_model
 from lmforge.objectives import IGNORE, masked_lm_loss
+from lmforge.runtime import setup_runtime
+from lmforge.train import train
+
+GOLDEN = Path(__file__).parent / "golden" / "bert_tiny_losses.json"
 
 
 def _tiny_bert(vocab: int = 50) -> torch.nn.Module:
@@ -48,3 +61,137 @@ def test_masked_lm_loss_ignores_padding():
     batch_padded = {"input_ids": padded, "attention_mask": (torch.arange(12) < 8).long()[None],
                     "labels": torch.cat([labels, torch.full((1, 4), IGNORE)], dim=1)}
     torch.testing.assert_close(masked_lm_loss(model, batch)[0], masked_lm_loss(model, batch_padded)[0])
+
+
+class _Docs:
+    """In-memory token source with documents (each ends with end-of-text id 1)."""
+
+    def __init__(self, n_docs: int = 60, vocab: int = 50, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        docs = [np.append((np.arange(rng.integers(5, 40)) * 3 + rng.integers(0, 50)) % (vocab - 5) + 5, 1)
+                for _ in range(n_docs)]
+        self.stream = np.concatenate(docs)
+        self.offsets = np.concatenate([[0], np.cumsum([len(d) for d in docs])])
+        self.num_tokens = len(self.stream)
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        return self.stream[start:stop]
+
+    def doc_offsets(self) -> np.ndarray:
+        return self.offsets
+
+
+def test_golden_losses(tmp_path):
+    """A seeded tiny masked-LM run reproduces its stored losses (LMFORGE_UPDATE_GOLDEN=1 rewrites them)."""
+    specials = SpecialTokens(cls_id=2, sep_id=3, pad_id=0, mask_id=4, eot_id=1, vocab_size=50,
+                             special_ids=frozenset(range(5)))
+    batches = MaskedLMBatches(_Docs(), specials, 16, 8, seed=3, masking=MaskingConfig())
+    model = _tiny_bert()
+    model.train()
+    train(model, masked_lm_loss, batches, optim_cfg=OptimConfig(lr=3e-3),
+          schedule_cfg=ScheduleConfig(warmup_steps=2),
+          train_cfg=TrainConfig(max_steps=10, batch_size=8, micro_batch_size=4, log_every=1, save_every=0,
+                                progress=False),
+          runtime=setup_runtime(RuntimeConfig(device="cpu")), run_dir=tmp_path)
+    losses = [r["loss"] for r in _records(tmp_path)]
+    if os.environ.get("LMFORGE_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(json.dumps({"torch": torch.__version__, "losses": losses}, indent=2) + "\n")
+    expected = json.loads(GOLDEN.read_text())["losses"]
+    np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-6)
+    assert losses[-1] < losses[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# end to end through the CLI
+
+
+@pytest.fixture(scope="module")
+def wordpiece_shards(tmp_path_factory) -> Path:
+    """Shards (train and val) of generated English with a WordPiece tokenizer."""
+    from conftest import make_english
+
+    from lmforge.config import ShardConfig, TokenizerConfig
+    from lmforge.corpus.store import write_file
+    from lmforge.data.shards import build_shards
+    from lmforge.tokenizer import train_tokenizer
+
+    root = tmp_path_factory.mktemp("bert_shards")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    docs = make_english(300, seed=2)
+    write_file(corpus / "train-00000.jsonl.zst", docs[:-30])
+    write_file(corpus / "val-00000.jsonl.zst", docs[-30:])
+    train_tokenizer(corpus, root / "tok", TokenizerConfig(kind="wordpiece", vocab_size=300, lowercase=True),
+                    progress=False)
+    build_shards(corpus, root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
+    return root / "shards"
+
+
+TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.d_ff=64",
+        "--set", "model.context_len=32", "--set", "data.seq_len=32", "--set", "train.batch_size=8",
+        "--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "train.eval_batches=2",
+        "--set", "train.save_every=5", "--set", "train.progress=false", "--set", "schedule.warmup_steps=2",
+        "--set", "runtime.device=cpu"]
+
+
+def _records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in _records(run) if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def bert_run(wordpiece_shards, tmp_path_factory) -> Path:
+    from lmforge.cli import main
+
+    run = tmp_path_factory.mktemp("bert_run") / "run"
+    code = main(["pretrain", "--config", "bert-tiny", "--data", str(wordpiece_shards), "--out", str(run),
+                 *TINY, "--set", "train.max_steps=10", "--set", "optim.lr=3e-3"])
+    assert code == 0
+    return run
+
+
+def test_pretrain_bert_logs_masked_lm_metrics(bert_run):
+    records = _records(bert_run)
+    losses = _losses(bert_run)
+    assert sorted(losses) == list(range(1, 11))
+    assert losses[10] < losses[1] - 0.3  # it learns
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in evals] == [5, 10]
+    for r in evals:
+        assert r["val_perplexity"] == pytest.approx(math.exp(r["val_loss"]))
+        assert 0.0 <= r["val_accuracy"] <= 1.0 and r["val_tokens"] > 0
+        assert "val_bits_per_byte" not in r  # meaningless over masked tokens
+    assert evals[1]["val_tokens"] == evals[0]["val_tokens"]  # the same fixed validation masks
+    assert evals[1]["val_loss"] < evals[0]["val_loss"]
+
+
+def test_eval_cli_reports_masked_accuracy(bert_run, cli):
+    code, out, err = cli("eval", bert_run, "--device", "cpu", "--batches", "2")
+    assert code == 0, err
+    metrics = json.loads(out)
+    final = [r for r in _records(bert_run) if "val_loss" in r][-1]
+    assert metrics["loss"] == pytest.approx(final["val_loss"], rel=1e-5)  # same masks as in training
+    assert metrics["accuracy"] == pytest.approx(final["val_accuracy"])
+
+
+def test_resume_gives_the_losses_of_an_uninterrupted_run(bert_run, tmp_path, cli):
+    # a run stopped after its step-5 checkpoint: drop everything it did later
+    stopped = tmp_path / "stopped"
+    shutil.copytree(bert_run, stopped)
+    shutil.rmtree(stopped / "checkpoints" / "step-000010")
+    code, _, err = cli("pretrain", "--resume", stopped)
+    assert code == 0, err
+    drop = ("tokens_per_s", "elapsed", "mfu")
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in drop} for r in rs]  # noqa: E731
+    assert strip(_records(stopped)) == strip(_records(bert_run))  # losses and val metrics, bit for bit
+
+
+def test_a_second_run_reproduces_the_first(wordpiece_shards, bert_run, tmp_path, cli):
+    code, _, err = cli("pretrain", "--config", "bert-tiny", "--data", wordpiece_shards,
+                       "--out", tmp_path / "again", *TINY, "--set", "train.max_steps=10",
+                       "--set", "optim.lr=3e-3")
+    assert code == 0, err
+    assert _losses(tmp_path / "again") == _losses(bert_run)

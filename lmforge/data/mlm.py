@@ -34,6 +34,8 @@ IGNORE_INDEX = -100
 """Label of tokens that are not predicted (torch's cross_entropy default ignore_index)."""
 
 _ORDER, _MASK = 0, 1  # independent random streams drawn from the same run seed
+VAL_MASK_SEED = 0
+"""Masking seed of validation batches: the same masks in every evaluation and every run."""
 
 WordStarts = np.ndarray | Callable[[Sequence[int]], Sequence[bool]]
 """A bool table over the vocabulary (True where a token begins a word), or `Tokenizer.word_starts`."""
