@@ -188,6 +188,34 @@ def _register_quickstart(sub) -> None:
     p.set_defaults(func=cmd_quickstart)
 
 
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    from lmforge.generate import fill_mask
+    from lmforge.run import load_run, read_run_config
+
+    kind = read_run_config(Path(args.run)).model.kind
+    if kind != "bert":
+        raise LmforgeError(f"{args.run} is a {kind} run, not a masked LM: fill-mask needs a bert run "
+                           "(use `lmforge generate` for gpt and rnn)")
+    run = load_run(Path(args.run), args.checkpoint, args.device)
+    results = fill_mask(run.model, run.tokenizer, args.text, args.top_k)
+    mask = run.tokenizer.id_to_piece(run.tokenizer.mask_id)
+    for n, candidates in enumerate(results, 1):
+        print(f"{mask} {n}:" if len(results) > 1 else f"{mask}:")
+        for piece, prob in candidates:
+            print(f"  {prob:7.2%}  {piece}")
+    return 0
+
+
+def _register_fill_mask(sub) -> None:
+    p = sub.add_parser("fill-mask", help="the most likely tokens for each [MASK] in a text (BERT runs)")
+    p.add_argument("run", help="run folder of a masked LM")
+    p.add_argument("text", help='text with mask tokens, e.g. "The capital of France is [MASK]."')
+    p.add_argument("--top-k", type=int, default=5, help="candidates per mask (default 5)")
+    p.add_argument("--checkpoint", default="best", help="best, latest, step-N or a path")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_fill_mask)
+
+
 # ----------------------------------------------------------------------------------------------------
 # parser
 
@@ -245,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _register_quickstart(sub)
     _register_train(sub)
+    _register_fill_mask(sub)
     return parser
 
 

@@ -195,3 +195,33 @@ def test_a_second_run_reproduces_the_first(wordpiece_shards, bert_run, tmp_path,
                        "--set", "optim.lr=3e-3")
     assert code == 0, err
     assert _losses(tmp_path / "again") == _losses(bert_run)
+
+
+# ----------------------------------------------------------------------------------------------------
+# fill-mask
+
+
+def test_fill_mask_prints_top_k_candidates_per_mask(bert_run, cli):
+    code, out, err = cli("fill-mask", bert_run, "the model reads [MASK] and learns to [MASK] the next token",
+                         "--top-k", "3", "--device", "cpu")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "[MASK] 1:" and lines[4] == "[MASK] 2:" and len(lines) == 8
+    for block in (lines[1:4], lines[5:8]):
+        probs = [float(line.split()[0].rstrip("%")) / 100 for line in block]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+        assert all(len(line.split()) == 2 for line in block)  # probability, token
+
+
+def test_fill_mask_errors(bert_run, tmp_path, cli):
+    from lmforge.config import GPTConfig, RunConfig, save_config
+
+    code, _, err = cli("fill-mask", bert_run, "no mask token here", "--device", "cpu")
+    assert code == 2 and "[MASK]" in err
+    gpt_run = tmp_path / "gpt"
+    gpt_run.mkdir()
+    save_config(RunConfig(model=GPTConfig()), gpt_run / "config.toml")
+    code, _, err = cli("fill-mask", gpt_run, "a [MASK] b")
+    assert code == 2 and "not a masked LM" in err and "\n" not in err.strip()
+    code, _, err = cli("fill-mask", tmp_path / "nowhere", "a [MASK] b")
+    assert code == 2 and "config.toml" in err
