@@ -161,6 +161,10 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(input_ids, kv_cache))  # (B, T, V)
+
+    def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Everything but the LM head: the final-norm hidden states (B, T, C), as HF GPT2Model returns."""
         B, T = input_ids.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.context_len:
@@ -176,7 +180,7 @@ class GPT(nn.Module):
             x = block(x, rope, kv_cache)
         if kv_cache is not None:
             kv_cache.pos += T
-        return self.lm_head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)  # (B, T, C)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on this model's device and dtype, `max_len` positions (default context_len)."""

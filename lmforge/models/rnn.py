@@ -48,6 +48,12 @@ class RNNLM(nn.Module):
         y, state = self.rnn(x, state)  # (B, T, H)
         return self.decoder(self.drop(y)), state  # (B, T, V)
 
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The last layer's output at every position (B, T, H), from a zero state; no decoder."""
+        x = self.drop(self.encoder(input_ids))  # (B, T, E)
+        y, _ = self.rnn(x, self.init_state(input_ids.size(0), input_ids.device))  # (B, T, H)
+        return self.drop(y)
+
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """Zeros: (L, B, H), or a pair of them for an LSTM (h, c)."""
         cfg, dtype = self.config, self.encoder.weight.dtype
