@@ -6,11 +6,11 @@ State-dict names are `backbone.*` (the unchanged names of the pretrained model, 
 loads into `backbone` as is) and `head.*`, and each head is the one `transformers` uses, so export is
 a renaming:
 
-| backbone | pooling (default)                 | head                         | HF class                      |
-| -------- | --------------------------------- | ---------------------------- | ----------------------------- |
-| bert     | `cls`: tanh(pooler(h[:, 0]))      | dropout, Linear(C, L) + bias | BertForSequenceClassification |
-| gpt      | `last`: h at the last real token  | Linear(C, L), no bias        | GPT2ForSequenceClassification |
-| rnn      | `last`: h at the last real token  | dropout, Linear(C, L) + bias | (none)                        |
+| backbone | pooling (default)                | head | HF class                      |
+| -------- | -------------------------------- | ---------------------------- | ----------------------------- |
+| bert     | `cls`: tanh(pooler(h[:, 0]))     | dropout, Linear(C, L) + bias | BertForSequenceClassification |
+| gpt      | `last`: h at the last real token | Linear(C, L), no bias        | GPT2ForSequenceClassification |
+| rnn      | `last`: h at the last real token | dropout, Linear(C, L) + bias | (none)                        |
 
 `mean` pooling (the average of the real tokens' hidden states) is an option for every backbone; for
 BERT it bypasses the pooler. Padding is on the right; `attention_mask` (B, T) is 1 on real tokens.
