@@ -6,7 +6,7 @@ State-dict names are `backbone.*` (the unchanged names of the pretrained model, 
 loads into `backbone` as is) and `head.*`, and each head is the one `transformers` uses, so export is
 a renaming:
 
-| backbone | pooling (default)                | head | HF class                      |
+| backbone | pooling (default)                | head                         | HF class                      |
 | -------- | -------------------------------- | ---------------------------- | ----------------------------- |
 | bert     | `cls`: tanh(pooler(h[:, 0]))     | dropout, Linear(C, L) + bias | BertForSequenceClassification |
 | gpt      | `last`: h at the last real token | Linear(C, L), no bias        | GPT2ForSequenceClassification |
