@@ -350,6 +350,100 @@ class RunConfig:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Fine-tuning (names follow `transformers.TrainingArguments` where one exists)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    from_run: str = ""
+    """Pretrained run folder whose model and tokenizer are fine-tuned."""
+    from_checkpoint: str = "best"
+    """Checkpoint of `from_run`: best, latest, step-N or a path."""
+    train_file: str = ""
+    """Labeled training data: .tsv, .csv or .jsonl."""
+    dev_file: str = ""
+    """Labeled data evaluated every `eval_steps` and at the end; picks the best checkpoint."""
+    test_file: str = ""
+    """Labeled data evaluated once at the end (optional)."""
+    text_column: str = ""
+    """Column (or JSON key) of the text; empty guesses sentence, text, text_a, ... (a 0-based index without
+    a header)."""
+    text_pair_column: str = ""
+    """Column of the second text of a pair (NLI); empty guesses text_b, sentence2, hypothesis if present."""
+    label_column: str = ""
+    """Column of the label; empty guesses label, labels, class, ... (strings or integers)."""
+    header: Literal["auto", "yes", "no"] = "auto"
+    """Whether TSV/CSV files start with a header line; auto looks for known column names."""
+    max_length: int = 0
+    """Tokens per example (longer ones are truncated and counted); 0 means the model's context_len."""
+    pooling: Literal["auto", "last", "mean", "cls"] = "auto"
+    """auto: [CLS] pooler for BERT, last real token for GPT and RNN."""
+    classifier_dropout: float = 0.1
+    """Dropout before the head (BERT and RNN; GPT-2's head has none)."""
+    output_dir: str = ""
+    """Run folder to create (the --out of the CLI)."""
+    logging_dir: str = ""
+    """TensorBoard folder; empty means output_dir/tensorboard."""
+    num_train_epochs: float = 3.0
+    """Passes over the training data (used when max_steps is 0)."""
+    max_steps: int = 0
+    """Optimizer steps; 0 derives them from num_train_epochs and the training set size."""
+    per_device_train_batch_size: int = 32
+    """Examples per optimizer step (one process)."""
+    per_device_eval_batch_size: int = 64
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step (per_device_train_batch_size is split into this many)."""
+    learning_rate: float = 5e-5
+    """Peak learning rate (AdamW)."""
+    warmup_steps: int = 0
+    lr_scheduler_type: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay to zero after warmup."""
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    """Seeds the head's initialisation and the per-epoch shuffles."""
+    logging_steps: int = 10
+    eval_steps: int = 0
+    """Evaluate on dev (and checkpoint) every N steps; 0 means once per epoch."""
+    save_total_limit: int = 2
+    """Checkpoints kept besides the best one."""
+    metric_for_best_model: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    """Dev metric that picks the best checkpoint and drives early stopping."""
+    early_stopping_patience: int = 0
+    """Stop after this many evaluations without improvement of metric_for_best_model; 0 never stops."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """balanced weighs each class's loss by n_examples / (n_classes * n_in_class) (imbalanced data)."""
+    freeze_encoder: bool = False
+    """Train the head only (BERT's pooler too)."""
+    layerwise_lr_decay: float = 1.0
+    """Learning rate of layer l is lr * decay ** (depth of the head - l); 1.0 disables it."""
+
+    def __post_init__(self) -> None:
+        _check(self.num_train_epochs > 0, "finetune.num_train_epochs", "must be positive")
+        _check(self.max_steps >= 0, "finetune.max_steps", "must be >= 0 (0: from num_train_epochs)")
+        _check(self.per_device_train_batch_size > 0, "finetune.per_device_train_batch_size",
+               "must be positive")
+        _check(self.per_device_eval_batch_size > 0, "finetune.per_device_eval_batch_size", "must be positive")
+        _check(self.gradient_accumulation_steps > 0
+               and self.per_device_train_batch_size % self.gradient_accumulation_steps == 0,
+               "finetune.gradient_accumulation_steps", "must divide finetune.per_device_train_batch_size")
+        _check(self.learning_rate > 0, "finetune.learning_rate", "must be positive")
+        _check(self.warmup_steps >= 0, "finetune.warmup_steps", "must be >= 0")
+        _check(self.max_length >= 0, "finetune.max_length", "must be >= 0 (0: the model's context_len)")
+        _check(0.0 <= self.classifier_dropout < 1.0, "finetune.classifier_dropout", "must be in [0, 1)")
+        _check(self.eval_steps >= 0, "finetune.eval_steps", "must be >= 0 (0: once per epoch)")
+        _check(self.early_stopping_patience >= 0, "finetune.early_stopping_patience", "must be >= 0")
+        _check(0.0 < self.layerwise_lr_decay <= 1.0, "finetune.layerwise_lr_decay", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class FinetuneRunConfig(RunConfig):
+    """A fine-tuned run's config.toml: the pretrained run's sections plus [finetune]."""
+
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Loading, overriding, saving
 
 
