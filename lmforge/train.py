@@ -120,7 +120,8 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
 
     `resume` continues from the latest checkpoint in `run_dir` (weights, optimizer, scaler, RNG, step).
     `evaluate_fn(model) -> {"loss": ..., ...}` runs every `eval_every` steps and at the end, in eval
-    mode under no_grad; its "loss" picks the best checkpoint.
+    mode under no_grad; its "select_loss" if given (lower is better), else "loss", picks the best
+    checkpoint.
     """
     run_dir = Path(run_dir)
     raw = model.to(runtime.device)
@@ -234,7 +235,7 @@ def _evaluate(model: nn.Module, evaluate_fn: EvaluateFn, log: MetricsLog, done: 
         metrics = evaluate_fn(model)
     model.train()
     log.write({"step": done, **{f"val_{k}": v for k, v in metrics.items()}})
-    return metrics["loss"]
+    return metrics.get("select_loss", metrics["loss"])  # fine-tuning may pick by accuracy (-accuracy)
 
 
 def _diverged(run_dir: Path, done: int) -> LmforgeError:
