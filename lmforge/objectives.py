@@ -45,3 +45,75 @@ def masked_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
     selected = labels != IGNORE  # (B, T)
     correct = ((logits.detach().argmax(dim=-1) == labels) & selected).sum()
     return loss_sum, selected.sum(), {"correct": correct}
+
+
+class TruncatedBPTTLoss:
+    """Next-token loss for a recurrent model whose state carries over from one window to the next.
+
+    Batches name their streams (`streams`, (B,)) and flag `reset` ((B,), a stream's first window);
+    the state of every stream lives in one buffer (L, n_streams, H) on the model's device, read and
+    written by index, so the host never waits for the device. The state is detached after each
+    window (truncated backprop). `state_dict()` / `load_state_dict()` let checkpoints carry it, so a
+    resumed run continues exactly, whatever its number of processes: `state_dict()` must be called on
+    every process, and merges the rows each one wrote.
+    """
+
+    def __init__(self, n_streams: int) -> None:
+        self.n_streams = n_streams
+        self.buffers: list[torch.Tensor] | None = None  # h, and c for an LSTM: (L, n_streams, H) each
+        self.written: torch.Tensor | None = None  # (n_streams,) rows this process wrote since loading
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]):
+        streams, keep = batch["streams"], (~batch["reset"]).float()[None, :, None]  # (B,), (1, B, 1)
+        state = None
+        if self.buffers is not None:
+            self.buffers = [b.to(streams.device) for b in self.buffers]
+            state = [b[:, streams] * keep for b in self.buffers]  # each (L, B, H)
+            state = tuple(state) if len(state) == 2 else state[0]
+        logits, new = model(batch["input_ids"], state)  # (B, T, V)
+        new = list(new) if isinstance(new, tuple) else [new]
+        if self.buffers is None:
+            self.buffers = [torch.zeros(s.size(0), self.n_streams, s.size(2), device=s.device) for s in new]
+        if self.written is None or self.written.device != streams.device:
+            self.written = torch.zeros(self.n_streams, dtype=torch.bool, device=streams.device)
+        for buf, s in zip(self.buffers, new):
+            buf[:, streams] = s.detach().float()
+        self.written[streams] = True
+        labels = batch["labels"]  # (B, T)
+        loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
+                                   reduction="sum")
+        return loss_sum, (labels != IGNORE).sum(), {}
+
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        buffers = [b.clone() for b in self.buffers or []]
+        if buffers and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # each stream is written by one process; rows nobody wrote are the same everywhere
+            local = (self.written if self.written is not None
+                     else torch.zeros(self.n_streams, dtype=torch.bool, device=buffers[0].device)).float()
+            written = local.clone()  # (n_streams,)
+            torch.distributed.all_reduce(written)
+            for i, b in enumerate(buffers):
+                mine = b * local[None, :, None]
+                torch.distributed.all_reduce(mine)
+                buffers[i] = torch.where(written[None, :, None] > 0, mine, b)
+        return {"buffers": [b.cpu() for b in buffers]}
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        self.buffers = [b.clone() for b in state["buffers"]] or None
+        self.written = None
+
+
+def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None = None):
+    """Cross-entropy of one label per sequence, summed; extras count the correct predictions.
+
+    `class_weights` (L,) scale each example's loss by its true class; the sum is still divided by the
+    number of examples (not the sum of their weights), so a step's scale does not depend on its mix.
+    """
+    logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                   token_type_ids=batch.get("token_type_ids"))  # (B, L)
+    labels = batch["labels"]  # (B,)
+    weight = class_weights.to(logits.device, torch.float32) if class_weights is not None else None
+    loss_sum = F.cross_entropy(logits.float(), labels, weight=weight, ignore_index=IGNORE, reduction="sum")
+    selected = labels != IGNORE
+    correct = ((logits.detach().argmax(dim=-1) == labels) & selected).sum()
+    return loss_sum, selected.sum(), {"correct": correct, "logits": logits.detach()}

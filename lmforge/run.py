@@ -67,7 +67,29 @@ def masked_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: i
     return Task(masked_lm_loss, batches, make_eval, None)  # bits per byte mean nothing for masked tokens
 
 
-TASKS: dict[str, Callable[..., Task]] = {"gpt": causal_lm_task, "bert": masked_lm_task}
+RNN_EVAL_STREAMS = 10
+"""Evaluation streams of a recurrent LM: the batch size of the classic word-level evaluation."""
+
+
+def truncated_bptt_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: int = 1,
+                        rank: int = 0) -> Task:
+    """train.batch_size contiguous streams read window after window, the state carried between them."""
+    from lmforge.data.loaders import StreamBatches, bytes_per_token, stream_eval_batches
+    from lmforge.objectives import TruncatedBPTTLoss
+
+    seq_len, n_train = cfg.seq_len(), cfg.train.batch_size
+    # training streams are 0..n_train-1, evaluation streams come after them in the same state buffer
+    objective = TruncatedBPTTLoss(n_train + RNN_EVAL_STREAMS)
+    batches = StreamBatches(train_src, seq_len, n_train)
+    make_eval = None
+    if val_src is not None:
+        make_eval = lambda n: stream_eval_batches(val_src, seq_len, RNN_EVAL_STREAMS, n, rank, world,
+                                                  first_stream=n_train)
+    return Task(objective, batches, make_eval, bytes_per_token(val_src) if val_src else None)
+
+
+TASKS: dict[str, Callable[..., Task]] = {"gpt": causal_lm_task, "bert": masked_lm_task,
+                                         "rnn": truncated_bptt_task}
 """Model kind -> task builder. 'bert' (masked LM) and 'rnn' (truncated BPTT) register here."""
 
 

@@ -4,7 +4,8 @@
   divides by the targets of the whole step (all micro-batches, all processes), counted on the host
   before any backward pass, so accumulation/data parallelism give exactly one big batch's gradient.
 - `batches.get(step, micro, rank, world, micro_batch)` is a pure function of the step, so the step
-  saved in a checkpoint is the whole data position.
+  saved in a checkpoint is the whole data position. An objective that keeps state across steps (the
+  carried state of truncated BPTT) has `state_dict()` / `load_state_dict()`; checkpoints carry it.
 - The host synchronises with the device only at log, eval and save steps (`.item()` there), except
   with `train.on_nan="skip"`, which must look at every step's loss before the update.
 
@@ -134,6 +135,8 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
         for group, base_lr in zip(optimizer.param_groups, base_lrs):
             group["base_lr"] = base_lr  # the config's lr wins over the saved one
         start, best, tokens_seen = state["step"], state.get("best_val_loss"), state.get("tokens", 0)
+        if "objective" in state and hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(state["objective"])
     model = runtime.wrap(raw)
     model.train()
     world, accum = runtime.world_size, train_cfg.grad_accum_steps(runtime.world_size)
@@ -147,12 +150,12 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     tokens_since_log, bad = 0, torch.zeros((), dtype=torch.bool, device=runtime.device)
     checkpoint, stopped, val_loss, done = None, "done", None, start
 
-    def save(done: int) -> Path:
+    def save(done: int, extra: dict) -> Path:
         if bool(bad):
             raise _diverged(run_dir, done)
         return save_checkpoint(run_dir, done, runtime.unwrap(model), optimizer, scaler,
                                {"step": done, "tokens": tokens_seen, "val_loss": val_loss,
-                                "best_val_loss": best}, keep_last=train_cfg.keep_last)
+                                "best_val_loss": best, **extra}, keep_last=train_cfg.keep_last)
 
     with _sigint_flag() as interrupted:
         try:
@@ -198,7 +201,9 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                     best = val_loss if best is None else min(best, val_loss)
                     t_log = time.perf_counter()  # evaluation time is not training throughput
                 if _every(train_cfg.save_every, done, last) or interrupted.is_set():
-                    checkpoint = save(done) if runtime.is_main else checkpoint
+                    # a stateful objective (the carried RNN state) is saved too; every process takes part
+                    extra = {"objective": objective.state_dict()} if hasattr(objective, "state_dict") else {}
+                    checkpoint = save(done, extra) if runtime.is_main else checkpoint
                     t_log = time.perf_counter()
                 val_loss = None
                 if interrupted.is_set():

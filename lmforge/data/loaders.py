@@ -98,3 +98,72 @@ def bytes_per_token(source: TokenSource) -> float | None:
     """UTF-8 bytes of text per token of a split (for bits per byte), if the source knows it."""
     text_bytes = getattr(source, "text_bytes", None)
     return text_bytes / source.num_tokens if text_bytes and source.num_tokens else None
+
+
+class StreamBatches:
+    """Truncated-BPTT training batches: the split cut into `batch_size` contiguous streams.
+
+    Stream j is tokens [j*L, (j+1)*L) with L = num_tokens // batch_size (the tail is dropped, as in the
+    classic word_language_model `batchify`). Step s reads window w = s mod n_windows, `seq_len` tokens
+    (+1 label) at offset w*seq_len of every stream; a recurrent model carries its state from window w to
+    w+1 of the same stream. Each batch names its streams (`streams`, global ids from `first_stream`) and
+    flags `reset` at window 0 (a new epoch), so the objective keeps one state per stream and a
+    (process, micro-step) always owns the same streams. The batch is still a pure function of the step.
+    """
+
+    def __init__(self, source: TokenSource, seq_len: int, batch_size: int, first_stream: int = 0) -> None:
+        self.source, self.seq_len, self.batch_size = source, seq_len, batch_size
+        self.first_stream = first_stream
+        self.stream_len = source.num_tokens // batch_size
+        self.n_windows = max(0, (self.stream_len - 1) // seq_len)
+
+    def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
+            micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+        """Micro-batch `micro` of process `rank`: streams (micro * world + rank) * b ... + b."""
+        if self.n_windows == 0:
+            raise LmforgeError(f"the training split holds {self.source.num_tokens} tokens: too few for "
+                               f"{self.batch_size} streams of data.seq_len={self.seq_len} + 1 tokens; lower "
+                               "train.batch_size or data.seq_len, or add data")
+        b = micro_batch or self.batch_size // world
+        index = micro * world + rank
+        if (index + 1) * b > self.batch_size:
+            raise ValueError(f"micro-batch {micro} of rank {rank} lies outside a batch of {self.batch_size}")
+        window = step % self.n_windows
+        streams = np.arange(index * b, (index + 1) * b, dtype=np.int64)  # (B,)
+        starts = streams * self.stream_len + window * self.seq_len
+        batch = _to_batch(self.source.windows(starts, self.seq_len + 1))
+        return _with_streams(batch, streams + self.first_stream, window == 0)
+
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+def _with_streams(batch: dict[str, torch.Tensor], streams: np.ndarray, reset: bool) -> dict:
+    batch["streams"] = torch.from_numpy(streams)  # (B,)
+    batch["reset"] = torch.full((len(streams),), reset)  # (B,)
+    return batch
+
+
+def stream_eval_batches(source: TokenSource, seq_len: int, n_streams: int = 10, max_batches: int = 0,
+                        rank: int = 0, world: int = 1, first_stream: int = 0) -> Iterator[dict]:
+    """Classic recurrent-LM evaluation: `n_streams` contiguous streams read window after window.
+
+    Every token of a stream after its first is a target exactly once (the last window may be shorter),
+    which is how word-level perplexities in the literature are computed (10 streams, BPTT 35). The
+    first window resets the state. With several processes each takes its share of the streams.
+    `max_batches` > 0 keeps the first that many windows.
+    """
+    stream_len = source.num_tokens // n_streams
+    if stream_len < 2:
+        raise LmforgeError(f"the validation split holds {source.num_tokens} tokens, fewer than 2 for each "
+                           f"of {n_streams} evaluation streams: hold out more data")
+    mine = np.array_split(np.arange(n_streams, dtype=np.int64), world)[rank]  # (B,)
+    if len(mine) == 0:
+        return
+    offsets = range(0, stream_len - 1, seq_len)
+    for i, offset in enumerate(offsets):
+        if max_batches and i >= max_batches:
+            return
+        length = min(seq_len, stream_len - 1 - offset)
+        batch = _to_batch(source.windows(mine * stream_len + offset, length + 1))
+        yield _with_streams(batch, mine + first_stream, i == 0)
