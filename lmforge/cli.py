@@ -217,6 +217,40 @@ def _register_fill_mask(sub) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# Hugging Face interop
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lmforge.interop import export_hf
+
+    export_hf(args.run, Path(args.out), checkpoint=args.checkpoint, overwrite=args.overwrite)
+    return 0
+
+
+def cmd_import_hf(args: argparse.Namespace) -> int:
+    from lmforge.interop import import_hf
+
+    import_hf(args.source, Path(args.out), overwrite=args.overwrite)
+    return 0
+
+
+def _register_interop(sub) -> None:
+    p = sub.add_parser("export", help="write a run as a Hugging Face transformers folder")
+    p.add_argument("run", help="run folder (or hf:DIR)")
+    p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf: transformers folder)")
+    p.add_argument("--out", required=True, help="folder to create")
+    p.add_argument("--checkpoint", default="best", help="best, latest, step-N or a path")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-hf", help="turn a transformers folder or Hub model into a run folder")
+    p.add_argument("source", metavar="DIR", help="folder with config.json and weights, or hf:NAME (Hub)")
+    p.add_argument("--out", required=True, help="run folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.set_defaults(func=cmd_import_hf)
+
+
+# ----------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -273,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _register_quickstart(sub)
     _register_train(sub)
+    _register_interop(sub)
     _register_fill_mask(sub)
     return parser
 

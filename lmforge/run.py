@@ -211,13 +211,15 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> Lo
     """A trained model with its tokenizer and config, from a run folder's checkpoint.
 
     `checkpoint`: best (lowest val loss; the latest when none was evaluated), latest, step-N, or a path.
+    `run_dir` may also be `hf:DIR` (a transformers folder) or `hf:NAME` (a Hub model).
     """
     from lmforge.checkpoint import find_checkpoint, load_weights, read_meta
+    from lmforge.interop import resolve_run
     from lmforge.models import build_model
     from lmforge.runtime import resolve_device
     from lmforge.tokenizer import load_tokenizer
 
-    run_dir = Path(run_dir)
+    run_dir = resolve_run(run_dir)  # `hf:DIR` or `hf:NAME`: imported once into a cache folder
     cfg = read_run_config(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint)
     tok_dir = ckpt / "tokenizer" if (ckpt / "tokenizer").is_dir() else run_dir / "tokenizer"

@@ -1,0 +1,136 @@
+"""Tokenizer files between lmforge and `transformers`.
+
+Export writes what `AutoTokenizer.from_pretrained` reads (tokenizer.json, tokenizer_config.json,
+special_tokens_map.json) plus lmforge_tokenizer.json, so a re-import restores the exact tokenizer.
+Import turns any fast HF tokenizer into an lmforge `Tokenizer`, inferring the six special-token roles
+(eot, pad, unk, mask, cls, sep) from the HF special tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import LmforgeError
+from lmforge.tokenizer import META_FILE, ROLES, Tokenizer
+
+# HF special-token attribute -> lmforge role, per exported family.
+CAUSAL_SPECIALS = {"bos_token": "eot", "eos_token": "eot", "unk_token": "unk", "pad_token": "pad",
+                   "mask_token": "mask", "cls_token": "cls", "sep_token": "sep"}
+BERT_SPECIALS = {"unk_token": "unk", "sep_token": "sep", "pad_token": "pad", "cls_token": "cls",
+                 "mask_token": "mask"}
+# Token strings the HF tokenizer classes use when a folder does not name them.
+DEFAULT_SPECIALS = {"gpt2": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
+                             "unk_token": "<|endoftext|>"},
+                    "llama": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
+                    "bert": {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
+                             "cls_token": "[CLS]", "mask_token": "[MASK]"}}
+
+
+def export_tokenizer(tok: Tokenizer, out: Path, family: str, model_max_length: int) -> None:
+    """Write the tokenizer files of an HF folder into `out`."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers.processors import TemplateProcessing
+
+    from lmforge.atomic import write_json, write_text
+
+    backend = Backend.from_str(tok.backend.to_str())
+    if family == "bert":
+        # lmforge wraps BERT input as [CLS] text [SEP] itself; HF expects the tokenizer to do it.
+        cls, sep = tok.specials["cls"], tok.specials["sep"]
+        backend.post_processor = TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+            special_tokens=[(cls, tok.cls_id), (sep, tok.sep_id)])
+    write_text(out / "tokenizer.json", backend.to_str(pretty=True))
+    names = BERT_SPECIALS if family == "bert" else CAUSAL_SPECIALS
+    special_map = {name: tok.specials[role] for name, role in names.items()}
+    write_json(out / "special_tokens_map.json", special_map)
+    write_json(out / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length, "padding_side": "right",
+        "do_lower_case": tok.lowercase, **special_map})
+    write_json(out / META_FILE, {
+        "format_version": 1, "kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint,
+        "lowercase": tok.lowercase,
+        "special_tokens": {r: {"token": tok.specials[r], "id": getattr(tok, f"{r}_id")} for r in ROLES}})
+
+
+def import_tokenizer(folder: Path, family: str, hf_config: dict[str, Any]) -> Tokenizer:
+    """An lmforge Tokenizer for the HF tokenizer in `folder`."""
+    backend = _load_backend(folder)
+    meta_path = folder / META_FILE
+    if meta_path.is_file():  # exported by lmforge: take back the exact tokenizer
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if family == "bert":
+            backend.post_processor = None  # added by export; lmforge adds [CLS]/[SEP] itself
+        specials = {r: meta["special_tokens"][r]["token"] for r in ROLES}
+        return Tokenizer(backend, meta["kind"], specials, lowercase=meta.get("lowercase", False))
+    named = _named_specials(folder, family, hf_config, backend)
+    specials = _roles(named, folder)
+    return Tokenizer(backend, _kind_of(backend), specials, lowercase=_lowercase(backend))
+
+
+def _load_backend(folder: Path):
+    from tokenizers import Tokenizer as Backend
+
+    if (folder / "tokenizer.json").is_file():
+        return Backend.from_file(str(folder / "tokenizer.json"))
+    try:  # vocab.txt / vocab.json + merges.txt: let transformers convert them to a fast tokenizer
+        from transformers import AutoTokenizer
+
+        hf_tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+        return Backend.from_str(hf_tok.backend_tokenizer.to_str())
+    except Exception as e:  # noqa: BLE001 - any failure is the same user problem
+        raise LmforgeError(f"{folder}: no tokenizer.json and the tokenizer files could not be converted "
+                           f"({type(e).__name__}: {e}); save it with a fast tokenizer") from None
+
+
+def _named_specials(folder: Path, family: str, hf_config: dict[str, Any], backend) -> dict[str, str]:
+    """HF special-token name (eos_token, ...) -> token string, from the folder's files."""
+    named: dict[str, str] = {}
+    for fname in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / fname
+        if path.is_file():
+            for key, value in json.loads(path.read_text(encoding="utf-8")).items():
+                if key.endswith("_token") and value:
+                    named[key] = value["content"] if isinstance(value, dict) else str(value)
+    for key in ("bos", "eos", "pad"):  # config.json ids, when the tokenizer files are silent
+        i = hf_config.get(f"{key}_token_id")
+        if f"{key}_token" not in named and isinstance(i, int) and backend.id_to_token(i) is not None:
+            named[f"{key}_token"] = backend.id_to_token(i)
+    for key, token in DEFAULT_SPECIALS.get(family, {}).items():
+        if key not in named and backend.token_to_id(token) is not None:
+            named[key] = token
+    return {k: v for k, v in named.items() if backend.token_to_id(v) is not None}
+
+
+def _roles(named: dict[str, str], folder: Path) -> dict[str, str]:
+    def first(*keys: str) -> str | None:
+        return next((named[k] for k in keys if k in named), None)
+
+    eot = first("eos_token", "sep_token", "bos_token")
+    if eot is None:
+        raise LmforgeError(f"{folder}: the tokenizer names no eos, sep or bos token, so lmforge cannot tell "
+                           "where a text ends: add eos_token to its tokenizer_config.json")
+    return {"eot": eot, "pad": first("pad_token") or eot, "unk": first("unk_token") or eot,
+            "mask": first("mask_token", "unk_token") or eot, "cls": first("cls_token", "bos_token") or eot,
+            "sep": first("sep_token") or eot}
+
+
+def _kind_of(backend) -> str:
+    data = json.loads(backend.to_str())
+    model, pre = data["model"]["type"], json.dumps(data.get("pre_tokenizer"))
+    if model == "WordPiece":
+        return "wordpiece"
+    if model == "BPE":
+        # SentencePiece-style BPE ('▁' and <0xNN> pieces) has the surface rules of lmforge's unigram kind
+        return "bpe" if "ByteLevel" in pre else "unigram"
+    if model == "Unigram":
+        return "unigram"
+    return "char" if '"Split"' in pre else "word"
+
+
+def _lowercase(backend) -> bool:
+    norm = json.dumps(json.loads(backend.to_str()).get("normalizer"))
+    return '"lowercase": true' in norm or '"Lowercase"' in norm

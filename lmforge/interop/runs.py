@@ -1,0 +1,227 @@
+"""Export lmforge runs as HF folders; import HF folders (or Hub names) as lmforge run folders.
+
+An exported folder loads with `AutoTokenizer` / `AutoModelFor*.from_pretrained` and nothing else. An
+imported run has the layout `lmforge pretrain` writes (config.toml, tokenizer/, checkpoints/step-000000/),
+so everything that takes a run takes it; `hf:DIR` or `hf:NAME` is accepted wherever a run is, via
+`resolve_run`, which imports once into a cache folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from lmforge.errors import LmforgeError
+from lmforge.interop import hf
+from lmforge.interop.hf_tokenizer import export_tokenizer, import_tokenizer
+
+HF_PREFIX = "hf:"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Export
+
+
+def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwrite: bool = False) -> Path:
+    """Write run `run` (a folder or `hf:...`) as a transformers folder `out`; returns `out`."""
+    from safetensors.torch import save_file
+
+    from lmforge.atomic import output_dir, write_json
+    from lmforge.run import load_run, read_run_config
+
+    run_dir, out = resolve_run(run), Path(out)
+    cfg = read_run_config(run_dir).model
+    family = hf.family_for(cfg)  # refuse before loading any weights
+    loaded = load_run(run_dir, checkpoint)
+    tok = loaded.tokenizer
+    state = loaded.model.state_dict()
+    _check_covered(state, cfg, family)
+    tensors = hf.to_hf_state(state, cfg, family)
+    ids = hf.SpecialIds(bos=tok.eot_id, eos=tok.eot_id, pad=tok.pad_id)
+    config = hf.to_hf_config(cfg, family, ids)
+    with output_dir(out, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_json(tmp / "config.json", config)
+        if family != "bert":
+            write_json(tmp / "generation_config.json",
+                       {"bos_token_id": ids.bos, "eos_token_id": ids.eos, "pad_token_id": ids.pad})
+        export_tokenizer(tok, tmp, family, cfg.context_len)
+    print(f"lmforge: exported {run_dir} (step {loaded.step}) as {config['architectures'][0]} -> {out}")
+    return out
+
+
+def _check_covered(state: dict[str, torch.Tensor], cfg, family: str) -> None:
+    """Every lmforge tensor must have a row in the key map: a forgotten one would be lost silently."""
+    mapped = {r[1] for r in hf.key_map(family, cfg)}
+    tied = {"lm_head.weight", "decoder.weight"} if cfg.tie_embeddings else set()
+    left = sorted(set(state) - mapped - tied)
+    if left:
+        raise AssertionError(f"key map of {family} has no row for {left}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Import
+
+
+def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: bool = False) -> Path:
+    """Turn HF folder `src` (or `hf:NAME` from the Hub) into lmforge run folder `out`; returns `out`."""
+    from lmforge.config import replace
+    from lmforge.models import build_model
+
+    folder, out = _source_folder(str(src)), Path(out)
+    source = str(src)
+    raw_cfg = hf.read_hf_config(folder)
+    family, cfg = hf.from_hf_config(raw_cfg, source)
+    tensors = read_weights(folder)
+    types = tensors.get("bert.embeddings.token_type_embeddings.weight")
+    if family == "bert" and types is not None and types.shape[0] == 1 and not types.any():
+        cfg = replace(cfg, type_vocab_size=0)  # one zero row adds nothing: lmforge's "no segments"
+    tok = import_tokenizer(folder, family, raw_cfg)
+    if tok.vocab_size > cfg.vocab_size:
+        raise LmforgeError(f"{source}: the tokenizer has {tok.vocab_size} tokens but the model only "
+                           f"{cfg.vocab_size} embeddings: the folder mixes two models")
+    model = build_model(cfg)
+    missing, unexpected = model.load_state_dict(hf.from_hf_state(tensors, cfg, family, source), strict=False)
+    tied = {"lm_head.weight", "decoder.weight"} if cfg.tie_embeddings else set()
+    fresh = sorted(set(missing) - tied)
+    if unexpected or any(not m.endswith(hf.OPTIONAL_ON_IMPORT) for m in fresh):
+        raise AssertionError(f"key map of {family} is inconsistent: missing {fresh}, unexpected {unexpected}")
+    unused = hf.unused_tensors(tensors, cfg, family)
+    save_run(out, model, tok, overwrite=overwrite, meta={"imported_from": source})
+    if not quiet:
+        notes = (f"; freshly initialised: {', '.join(fresh)}" if fresh else "") + \
+                (f"; ignored: {', '.join(unused[:5])}" if unused else "")
+        print(f"lmforge: imported {source} ({hf.FAMILIES[family]['lm']}) -> {out}{notes}")
+    return out
+
+
+def save_run(out: str | Path, model: torch.nn.Module, tok, step: int = 0, overwrite: bool = False,
+             meta: dict | None = None) -> Path:
+    """Write `model` and `tok` as a run folder with one checkpoint (weights only, no optimizer state)."""
+    from safetensors.torch import save_model
+
+    from lmforge.atomic import output_dir, write_json
+    from lmforge.checkpoint import checkpoint_dir
+    from lmforge.config import RunConfig, save_config
+
+    out = Path(out)
+    with output_dir(out, overwrite=overwrite) as tmp:
+        save_config(RunConfig(model=model.config), tmp / "config.toml")
+        tok.save(tmp / "tokenizer")
+        ckpt = checkpoint_dir(tmp, step)
+        ckpt.mkdir(parents=True)
+        save_model(model, str(ckpt / "model.safetensors"))
+        shutil.copy2(tmp / "config.toml", ckpt / "config.toml")
+        shutil.copytree(tmp / "tokenizer", ckpt / "tokenizer")
+        write_json(ckpt / "meta.json", {"step": step, "tokens": 0, "val_loss": None, **(meta or {})})
+    return out
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF folder: (sharded) safetensors, else pytorch_model.bin loaded weights-only."""
+    from safetensors.torch import load_file
+
+    for index_name, single, loader in (
+            ("model.safetensors.index.json", "model.safetensors", lambda p: load_file(str(p))),
+            ("pytorch_model.bin.index.json", "pytorch_model.bin",
+             lambda p: torch.load(p, map_location="cpu", weights_only=True))):
+        index = folder / index_name
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (folder / single).is_file():
+            files = [single]
+        else:
+            continue
+        tensors: dict[str, torch.Tensor] = {}
+        for name in files:
+            try:
+                tensors.update(loader(folder / name))
+            except Exception as e:  # noqa: BLE001 - a broken file is the user's to replace
+                raise LmforgeError(f"{folder / name}: unreadable weights ({type(e).__name__}: {e})") from None
+        return tensors
+    raise LmforgeError(f"{folder} has no model.safetensors or pytorch_model.bin: give a folder saved by "
+                       "transformers' save_pretrained")
+
+
+# ----------------------------------------------------------------------------------------------------
+# hf: paths
+
+
+def resolve_run(path: str | Path) -> Path:
+    """A run folder for `path`: itself, or for `hf:DIR` / `hf:NAME` an import cached by source and mtime."""
+    text = str(path)
+    if not text.startswith(HF_PREFIX):
+        return Path(path)
+    folder = _source_folder(text)
+    stamp = [str(folder.resolve())]
+    for f in sorted(folder.iterdir()):
+        if f.is_file():
+            stamp.append(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}")
+    key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text[len(HF_PREFIX):].strip("/")).strip("_.")[-60:] or "model"
+    run_dir = cache_root() / f"{name}-{key}"
+    if not (run_dir / "config.toml").is_file():
+        import_hf(folder, run_dir, overwrite=True, quiet=True)
+    return run_dir
+
+
+def cache_root() -> Path:
+    """Where `hf:` imports are kept: $LMFORGE_CACHE, else $XDG_CACHE_HOME/lmforge, else ~/.cache/lmforge."""
+    if os.environ.get("LMFORGE_CACHE"):
+        return Path(os.environ["LMFORGE_CACHE"]) / "hf-runs"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lmforge" / "hf-runs"
+
+
+def _source_folder(src: str) -> Path:
+    """A local HF folder for `DIR`, `hf:DIR` or `hf:NAME` (NAME is downloaded from the Hub)."""
+    name = src[len(HF_PREFIX):] if src.startswith(HF_PREFIX) else src
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise LmforgeError(f"{name} is a file: give the folder that holds config.json")
+    if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) or name.startswith((".", "/")):
+        raise LmforgeError(f"folder {name} not found: give a folder saved by transformers' save_pretrained "
+                           "or a Hub name such as bert-base-uncased")
+    return download(name)
+
+
+def download(name: str) -> Path:
+    """Fetch a Hub model's config, tokenizer and weights (safetensors, else .bin) into the HF cache."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import RepositoryNotFoundError
+    except ImportError:
+        raise LmforgeError(f"hf:{name} needs huggingface_hub: pip install 'lmforge[hf]', "
+                           "or pass a folder") from None
+    files = ["*.json", "*.txt", "*.model"]
+    try:
+        path = Path(snapshot_download(name, allow_patterns=[*files, "*.safetensors"]))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(name, allow_patterns=[*files, "pytorch_model*.bin"]))
+    except RepositoryNotFoundError:
+        raise LmforgeError(f"could not download {name}: no such model on the Hugging Face Hub (or it is "
+                           "private: log in with `hf auth login`)") from None
+    except Exception as e:  # noqa: BLE001 - offline mode, DNS, timeouts all mean the same to the user
+        if _offline(e):
+            raise LmforgeError(f"could not download {name}: no network; download it elsewhere and pass the "
+                               "folder") from None
+        raise LmforgeError(f"could not download {name}: {type(e).__name__}: {e}") from None
+    return path
+
+
+def _offline(e: BaseException) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return True
+    names = {type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None}
+    return bool(names & {"LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectError", "ConnectionError",
+                         "ConnectTimeout", "ReadTimeout", "TimeoutException", "gaierror"})
