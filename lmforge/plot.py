@@ -22,6 +22,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def plot_runs(run_dirs: list[Path], out: Path) -> None:
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -42,6 +43,9 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
         ax.grid(alpha=0.3)
         if key in ("loss", "val_loss") and ax.has_data():
             ax.set_yscale("log")
+            plain = matplotlib.ticker.FormatStrFormatter("%.2f")  # not 4 x 10^0
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_formatter(plain)
         if ax.has_data():
             ax.legend(fontsize=8)
     buf = io.BytesIO()
