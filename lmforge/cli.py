@@ -250,6 +250,42 @@ def _register_interop(sub) -> None:
     p.set_defaults(func=cmd_import_hf)
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    from lmforge.generate import generate
+    from lmforge.run import load_run, read_run_config
+
+    kind = read_run_config(Path(args.run)).model.kind
+    if kind not in ("gpt", "rnn"):
+        raise LmforgeError(f"{args.run} is a {kind} run: generate needs a gpt or rnn run "
+                           "(use `lmforge fill-mask` for bert)")
+    run = load_run(Path(args.run), args.checkpoint, args.device)
+    print(args.prompt, end="", flush=True)
+    generate(run.model, run.tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
+             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+             repetition_penalty=args.repetition_penalty, greedy=args.greedy, seed=args.seed, stop=args.stop,
+             stream=lambda piece: print(piece, end="", flush=True))
+    print(flush=True)
+    return 0
+
+
+def _register_generate(sub) -> None:
+    p = sub.add_parser("generate", help="continue a prompt with a GPT or RNN run, streaming the text")
+    p.add_argument("run", help="run folder of a gpt or rnn run")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
+    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: all)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty (1: none)")
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, help="makes sampling reproducible")
+    p.add_argument("--stop", nargs="+", action="extend", default=[], metavar="STR",
+                   help="end at the first of these strings (not printed)")
+    p.add_argument("--checkpoint", default="best", help="best, latest, step-N or a path")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+
 # ----------------------------------------------------------------------------------------------------
 # parser
 
@@ -309,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_train(sub)
     _register_interop(sub)
     _register_fill_mask(sub)
+    _register_generate(sub)
     return parser
 
 
