@@ -78,6 +78,8 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: 
     source = str(src)
     raw_cfg = hf.read_hf_config(folder)
     family, cfg = hf.from_hf_config(raw_cfg, source)
+    if cfg.d_ff and cfg.d_ff == replace(cfg, d_ff=0).ff_width():
+        cfg = replace(cfg, d_ff=0)  # lmforge's "default width", so configs compare equal after a round trip
     tensors = read_weights(folder)
     types = tensors.get("bert.embeddings.token_type_embeddings.weight")
     if family == "bert" and types is not None and types.shape[0] == 1 and not types.any():
