@@ -266,13 +266,20 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
-    """Decay after warmup: cosine, linear, constant, or warmup-stable-decay."""
+    name: Literal["cosine", "linear", "constant", "wsd", "plateau"] = "cosine"
+    """Decay after warmup: cosine, linear, constant, warmup-stable-decay, or plateau (constant, cut by
+    plateau_factor after each evaluation whose loss is no better than the best so far)."""
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     """Final learning rate as a share of the peak."""
     decay_fraction: float = 0.2
     """wsd: share of the steps spent decaying at the end."""
+    plateau_factor: float = 0.25
+    """plateau: the learning rate is multiplied by this when validation stops improving (the classic
+    word-level LSTM recipe divides it by 4)."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.plateau_factor <= 1.0, "schedule.plateau_factor", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)

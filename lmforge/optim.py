@@ -29,7 +29,7 @@ def lr_at(step: int, max_steps: int, cfg: ScheduleConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     floor = cfg.min_lr_ratio
-    if cfg.name == "constant":
+    if cfg.name in ("constant", "plateau"):  # the loop scales plateau's rate after evaluations
         return 1.0
     if cfg.name == "wsd":
         decay_steps = max(1, round(cfg.decay_fraction * max_steps))

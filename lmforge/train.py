@@ -128,13 +128,14 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     raw = model.to(runtime.device)
     optimizer = build_optimizer(raw, optim_cfg, runtime.device.type)
     scaler = runtime.grad_scaler()
-    start, best, tokens_seen = 0, None, 0
+    start, best, tokens_seen, lr_scale = 0, None, 0, 1.0
     if resume and list_checkpoints(run_dir):
         base_lrs = [g["base_lr"] for g in optimizer.param_groups]
         state = load_checkpoint(find_checkpoint(run_dir, "latest"), raw, optimizer, scaler)
         for group, base_lr in zip(optimizer.param_groups, base_lrs):
             group["base_lr"] = base_lr  # the config's lr wins over the saved one
         start, best, tokens_seen = state["step"], state.get("best_val_loss"), state.get("tokens", 0)
+        lr_scale = state.get("lr_scale", 1.0)
         if "objective" in state and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(state["objective"])
     model = runtime.wrap(raw)
@@ -155,13 +156,14 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
             raise _diverged(run_dir, done)
         return save_checkpoint(run_dir, done, runtime.unwrap(model), optimizer, scaler,
                                {"step": done, "tokens": tokens_seen, "val_loss": val_loss,
-                                "best_val_loss": best, **extra}, keep_last=train_cfg.keep_last)
+                                "best_val_loss": best, "lr_scale": lr_scale, **extra},
+                               keep_last=train_cfg.keep_last)
 
     with _sigint_flag() as interrupted:
         try:
             for step in range(start, train_cfg.max_steps):
                 done, last = step + 1, step + 1 == train_cfg.max_steps
-                set_lr(optimizer, lr_at(step, train_cfg.max_steps, schedule_cfg))
+                set_lr(optimizer, lr_at(step, train_cfg.max_steps, schedule_cfg) * lr_scale)
                 micro = [batches.get(step, m, runtime.rank, world, micro_batch) for m in range(accum)]
                 n_targets = runtime.sum_count(sum(count_targets(b) for b in micro))
                 n_tokens = runtime.sum_count(sum(b["input_ids"].numel() for b in micro))
@@ -198,6 +200,8 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                     t_log, tokens_since_log = time.perf_counter(), 0
                 if evaluate_fn is not None and _every(train_cfg.eval_every, done, last):
                     val_loss = _evaluate(model, evaluate_fn, log, done)
+                    if schedule_cfg.name == "plateau" and best is not None and val_loss >= best:
+                        lr_scale *= schedule_cfg.plateau_factor
                     best = val_loss if best is None else min(best, val_loss)
                     t_log = time.perf_counter()  # evaluation time is not training throughput
                 if _every(train_cfg.save_every, done, last) or interrupted.is_set():

@@ -265,3 +265,33 @@ def test_pretrain_with_too_little_data_says_what_to_change(tmp_path, word_shards
                        "--out", tmp_path / "r", "--set", "train.batch_size=1024",
                        "--set", "train.micro_batch_size=0")
     assert code == 2 and "train.batch_size" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------
+# the plateau schedule (the classic recipe: lr / 4 when validation stops improving)
+
+
+def _plateau_run(run_dir: Path, val_losses: list[float], calls: list[int], max_steps: int, resume=False):
+    def evaluate_fn(model):
+        calls[0] += 1
+        return {"loss": val_losses[calls[0] - 1]}
+
+    model = _tiny_rnn()
+    data = ArrayTokens(np.arange(2000) % 30)
+    train(model, TruncatedBPTTLoss(4), StreamBatches(data, 8, 4), optim_cfg=OptimConfig(name="sgd", lr=1.0),
+          schedule_cfg=ScheduleConfig(name="plateau", warmup_steps=0, plateau_factor=0.5),
+          train_cfg=TrainConfig(max_steps=max_steps, batch_size=4, log_every=1, eval_every=2, save_every=2,
+                                progress=False),
+          runtime=setup_runtime(RuntimeConfig(device="cpu")), run_dir=run_dir, evaluate_fn=evaluate_fn,
+          resume=resume)
+    return _losses(run_dir, "lr")
+
+
+def test_plateau_cuts_the_lr_when_validation_stops_improving_and_resumes(tmp_path):
+    val = [3.0, 2.0, 2.5, 1.5, 1.5, 1.0]  # evaluations after steps 2, 4, ..., 12
+    whole = _plateau_run(tmp_path / "a", val, [0], 12)
+    # an evaluation no better than the best halves the lr from the next step on
+    assert [whole[s] for s in range(1, 13)] == [1.0] * 6 + [0.5] * 4 + [0.25] * 2
+    calls = [0]
+    _plateau_run(tmp_path / "b", val, calls, 6)  # stops right after the cut at step 6
+    assert _plateau_run(tmp_path / "b", val, calls, 12, resume=True) == whole
