@@ -127,7 +127,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from lmforge.atomic import write_json
     from lmforge.evaluate import evaluate_run
+    from lmforge.finetune import is_classifier_run
 
+    if is_classifier_run(Path(args.run)):  # a fine-tuned classifier: metrics of a labeled file
+        return cmd_eval_classifier(args)
     metrics = evaluate_run(Path(args.run), Path(args.data) if args.data else None, split=args.split,
                            max_batches=args.batches, checkpoint=args.checkpoint, device=args.device)
     print(json.dumps(metrics, indent=2))
@@ -287,6 +290,166 @@ def _register_generate(sub) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# finetune / classify
+
+# [finetune] keys that are also flags, spelled as in `transformers` (--num_train_epochs or --num-train-epochs)
+_FINETUNE_FLAGS = ("output_dir", "logging_dir", "num_train_epochs", "max_steps",
+                   "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                   "learning_rate", "warmup_steps", "lr_scheduler_type", "weight_decay", "max_grad_norm",
+                   "seed", "logging_steps", "eval_steps", "save_total_limit", "metric_for_best_model",
+                   "early_stopping_patience", "class_weights", "freeze_encoder", "layerwise_lr_decay",
+                   "text_column", "text_pair_column", "label_column",
+                   "header", "max_length", "pooling", "classifier_dropout", "from_checkpoint")
+
+
+def _finetune_overrides(args: argparse.Namespace) -> dict:
+    """finetune.* values given as flags (typed already), --from/--train/--dev/--test/--out included."""
+    values = {k: getattr(args, f"ft_{k}") for k in _FINETUNE_FLAGS if getattr(args, f"ft_{k}") is not None}
+    for key, flag in (("from_run", "from_run"), ("train_file", "train"), ("dev_file", "dev"),
+                      ("test_file", "test"), ("output_dir", "out")):
+        if getattr(args, flag):
+            values[key] = str(getattr(args, flag))
+    return values
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from lmforge.config import (
+        FinetuneRunConfig,
+        apply_overrides,
+        from_dict,
+        read_toml,
+        resolve_preset,
+        to_dict,
+    )
+    from lmforge.finetune import finetune, is_classifier_run
+    from lmforge.run import read_run_config
+
+    flags = _finetune_overrides(args)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.toml").is_file():
+            raise LmforgeError(f"cannot resume {run_dir}: it has no config.toml (start it without --resume)")
+        raw = read_toml(run_dir / "config.toml")
+    else:
+        source = flags.get("from_run")
+        if not source:
+            raise LmforgeError("finetune needs --from RUN (a pretrained run), --train FILE, --dev FILE and "
+                               "--out RUN2")
+        if is_classifier_run(Path(source)):
+            raise LmforgeError(f"{source} is already a fine-tuned classifier: fine-tune its pretrained run "
+                               "instead")
+        raw = to_dict(read_run_config(Path(source)))
+        if args.config:
+            extra = read_toml(resolve_preset(args.config))
+            for key, value in extra.items():  # [finetune], [runtime], ... on top of the pretrained config
+                raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+    raw = apply_overrides(raw, args.overrides)
+    raw.setdefault("finetune", {}).update(flags)
+    cfg = from_dict(FinetuneRunConfig, raw, source=args.config or "finetune (with flags and --set)")
+    out = Path(args.resume) if args.resume else Path(cfg.finetune.output_dir or "")
+    if not str(out) or str(out) == ".":
+        raise LmforgeError("finetune needs --out RUN2 (or --output_dir)")
+    finetune(cfg, out, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet)
+    return 0
+
+
+def _read_inputs(args: argparse.Namespace, clf) -> tuple[list[str], list[str] | None]:
+    from lmforge.data.labeled import read_labeled
+
+    path = Path(args.input)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise LmforgeError(f"{path} not found")
+        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()], None
+    ft = clf.config.finetune
+    data = read_labeled(path, args.text_column or ft.text_column, "",
+                        args.text_pair_column or ft.text_pair_column, ft.header, need_labels=False)
+    print(f"lmforge: {data.describe()}", file=sys.stderr)
+    return data.texts, data.pairs
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    import json
+
+    from lmforge.atomic import write_text
+    from lmforge.finetune import classify, load_classifier
+
+    if bool(args.texts) == bool(args.input):
+        raise LmforgeError('classify needs texts (`lmforge classify RUN "text" ...`) or --input FILE, '
+                           "not both")
+    clf = load_classifier(Path(args.run), args.checkpoint, args.device)
+    texts, pairs = _read_inputs(args, clf) if args.input else (args.texts, [args.pair] * len(args.texts)
+                                                                if args.pair else None)
+    preds = classify(clf, texts, pairs, batch_size=args.batch_size,
+                     progress=bool(args.input) and not args.quiet)
+    lines = [json.dumps({"text": t, **({"text_pair": pairs[i]} if pairs else {}), **p}, ensure_ascii=False)
+             for i, (t, p) in enumerate(zip(texts, preds))]
+    if args.output:
+        write_text(args.output, "".join(ln + "\n" for ln in lines))
+        print(f"lmforge: wrote {len(lines)} predictions to {args.output}", file=sys.stderr)
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def cmd_eval_classifier(args: argparse.Namespace) -> int:
+    import json
+
+    from lmforge.atomic import write_json
+    from lmforge.evaluate import format_confusion
+    from lmforge.finetune import evaluate_file, load_classifier
+
+    if not args.data:
+        raise LmforgeError(f"{args.run} is a classifier: pass --data FILE (a labeled .tsv, .csv or .jsonl)")
+    clf = load_classifier(Path(args.run), args.checkpoint, "cpu" if args.device == "auto" else args.device)
+    metrics = evaluate_file(clf, Path(args.data))
+    print(json.dumps({k: v for k, v in metrics.items() if k not in ("confusion", "labels")}, indent=2))
+    print(format_confusion(metrics))
+    if args.out:
+        write_json(args.out, metrics)
+    return 0
+
+
+def _register_finetune(sub) -> None:
+    from lmforge.config import FinetuneConfig
+
+    p = sub.add_parser("finetune", help="fine-tune a pretrained run for text classification")
+    p.add_argument("--from", dest="from_run", metavar="RUN", help="pretrained run folder")
+    p.add_argument("--train", help="labeled training file (.tsv, .csv, .jsonl)")
+    p.add_argument("--dev", help="labeled dev file (evaluated during training; picks the best checkpoint)")
+    p.add_argument("--test", help="labeled test file (evaluated once at the end)")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--resume", metavar="RUN2", help="continue a fine-tuning run from its latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p, "TOML file with a [finetune] section")
+    defaults = FinetuneConfig()
+    for name in _FINETUNE_FLAGS:
+        default = getattr(defaults, name)
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        if isinstance(default, bool):
+            p.add_argument(*flags, dest=f"ft_{name}", action="store_true", default=None)
+        else:
+            p.add_argument(*flags, dest=f"ft_{name}", type=type(default), default=None, metavar="V",
+                           help=f"(default {default!r})" if default != "" else None)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("classify", help="label texts with a fine-tuned classifier")
+    p.add_argument("run", help="fine-tuned run folder")
+    p.add_argument("texts", nargs="*", help="texts to classify")
+    p.add_argument("--pair", help="second text of a pair, for each text given on the command line")
+    p.add_argument("--input", help="file of texts: .txt (one per line), .tsv, .csv or .jsonl")
+    p.add_argument("--output", help="write predictions as JSON lines here (default: standard output)")
+    p.add_argument("--text_column", "--text-column", default="", help="column of the text in --input")
+    p.add_argument("--text_pair_column", "--text-pair-column", default="", help="column of the second text")
+    p.add_argument("--batch_size", "--batch-size", type=int, default=64)
+    p.add_argument("--checkpoint", default="best", help="best, latest, step-N or a path")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_classify)
+
+
+# ----------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -343,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _register_quickstart(sub)
     _register_train(sub)
+    _register_finetune(sub)
     _register_interop(sub)
     _register_fill_mask(sub)
     _register_generate(sub)

@@ -70,3 +70,60 @@ def evaluate_run(run_dir: Path, data: Path | None = None, split: str = "val", ma
     metrics = evaluate_lm(run.model, task.objective, task.eval_batches(max_batches), runtime,
                           task.bytes_per_token)
     return {"checkpoint": run.checkpoint.name, "split": split, **metrics}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Classification
+
+
+def classification_metrics(predicted: list[int] | torch.Tensor, gold: list[int] | torch.Tensor,
+                           labels: list[str]) -> dict:
+    """Accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+
+    confusion[i][j] counts examples of true class i predicted as j. A class never predicted has
+    precision 0 (and never present: recall 0), as scikit-learn's zero_division=0.
+    """
+    k = len(labels)
+    p, g = torch.as_tensor(predicted, dtype=torch.long), torch.as_tensor(gold, dtype=torch.long)
+    confusion = torch.bincount(g * k + p, minlength=k * k).view(k, k)  # (L, L)
+    tp = confusion.diag().double()
+    precision = tp / confusion.sum(0).clamp(min=1)
+    recall = tp / confusion.sum(1).clamp(min=1)
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                     torch.zeros_like(tp))
+    n = int(confusion.sum())
+    return {"accuracy": float(tp.sum() / max(n, 1)), "macro_f1": float(f1.mean()), "examples": n,
+            "per_class": {lab: {"precision": float(precision[i]), "recall": float(recall[i]),
+                                "f1": float(f1[i]), "support": int(confusion[i].sum())}
+                          for i, lab in enumerate(labels)},
+            "confusion": confusion.tolist(), "labels": list(labels)}
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, objective, batches: Iterable[dict[str, torch.Tensor]],
+                        runtime: Runtime, labels: list[str]) -> dict:
+    """Mean loss per example and `classification_metrics` over labeled `batches`."""
+    was_training = model.training
+    model.eval()
+    total, predicted, gold = 0.0, [], []
+    for batch in batches:
+        with runtime.autocast():
+            loss_sum, _, extras = objective(model, runtime.to_device(batch))
+        total += float(loss_sum)
+        predicted.append(extras["logits"].argmax(-1).cpu())
+        gold.append(batch["labels"])
+    model.train(was_training)
+    if not predicted:
+        raise LmforgeError("evaluation data holds no examples")
+    metrics = classification_metrics(torch.cat(predicted), torch.cat(gold), labels)
+    return {"loss": total / metrics["examples"], **metrics}
+
+
+def format_confusion(metrics: dict) -> str:
+    """The confusion matrix as a text table, true classes down, predictions across."""
+    labels = [str(x) for x in metrics["labels"]]
+    width = max(8, *(len(x) for x in labels)) + 1
+    head = "true \\ pred".ljust(width) + "".join(x.rjust(width) for x in labels)
+    rows = [lab.ljust(width) + "".join(str(v).rjust(width) for v in row)
+            for lab, row in zip(labels, metrics["confusion"])]
+    return "\n".join([head, *rows])

@@ -103,7 +103,8 @@ class TruncatedBPTTLoss:
         self.written = None
 
 
-def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor], class_weights: torch.Tensor | None = None):
+def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor],
+                        class_weights: torch.Tensor | None = None):
     """Cross-entropy of one label per sequence, summed; extras count the correct predictions.
 
     `class_weights` (L,) scale each example's loss by its true class; the sum is still divided by the

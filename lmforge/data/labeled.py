@@ -1,0 +1,344 @@
+"""Labeled text for classification: read TSV/CSV/JSONL, map labels to ids, encode, batch.
+
+Reading: TSV lines are split on tabs with no quoting at all (real TSVs hold stray `"`), CSV goes through
+the csv module, JSONL is one object per line. Column names are guessed when not given (`sentence`,
+`text`, `text_a`, ... ; `label`, ...) and the guess is reported. A header line is recognised by known
+column names; without one, columns are named by their 0-based index. Empty texts are skipped and
+counted; a line with another number of columns than the first is an error naming file and line.
+
+Encoding: one text `[CLS] a [SEP]` (BERT) / `a` (GPT, RNN); a pair `[CLS] a [SEP] b [SEP]` with
+token_type_ids 0 then 1 (BERT) / `a <sep> b` (GPT, RNN). Examples longer than `max_length` are cut,
+longest text first, and counted.
+
+Batches are pure functions of (seed, step): global example g = step * B + i is position g % N of the
+permutation of epoch g // N, drawn from `np.random.default_rng([seed, epoch])`. Each (process,
+micro-step) takes its own slice of that global batch, padded on the right to its longest example.
+
+Dimension letters: B examples in a micro-batch, T longest example in it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.errors import LmforgeError
+
+TEXT_NAMES = ("sentence", "text", "text_a", "sentence1", "premise", "question", "content", "review",
+              "document")
+PAIR_NAMES = ("text_b", "sentence2", "hypothesis")
+LABEL_NAMES = ("label", "labels", "class", "category", "sentiment", "target", "y", "gold_label")
+_KNOWN = {*TEXT_NAMES, *PAIR_NAMES, *LABEL_NAMES, "qid", "id", "idx", "index"}
+FORMATS = (".tsv", ".csv", ".jsonl")
+
+
+@dataclass
+class LabeledData:
+    """Rows of one file: texts (and second texts of pairs) with their labels as strings."""
+
+    path: Path
+    texts: list[str]
+    pairs: list[str] | None
+    labels: list[str] | None
+    lines: list[int]
+    """1-based line of each row in the file (for error messages)."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """role (text, pair, label) -> column used."""
+    guessed: list[str] = field(default_factory=list)
+    """Roles whose column was guessed."""
+    skipped_empty: int = 0
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def describe(self) -> str:
+        cols = ", ".join(f"{role} column {name!r}" for role, name in self.columns.items())
+        guess = f" (guessed {', '.join(self.guessed)}; set finetune.text_column/label_column to choose)" \
+            if self.guessed else ""
+        empty = f"; skipped {self.skipped_empty} empty texts" if self.skipped_empty else ""
+        return f"{self.path}: {len(self)} examples, {cols}{guess}{empty}"
+
+
+def _read_rows(path: Path, header: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Column names and (line, row) pairs; JSON values are turned into strings."""
+    if path.suffix not in FORMATS:
+        raise LmforgeError(f"{path}: unknown format {path.suffix!r}: give a .tsv, .csv or .jsonl file")
+    if not path.is_file():
+        raise LmforgeError(f"{path} not found")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    if path.suffix == ".tsv":
+        records = [(i + 1, line.rstrip("\r").split("\t")) for i, line in enumerate(text.split("\n"))]
+    else:
+        reader = csv.reader(text.splitlines(keepends=True))
+        records = [(reader.line_num, row) for row in reader]
+    records = [(n, r) for n, r in records if any(c.strip() for c in r)]
+    if not records:
+        raise LmforgeError(f"{path} is empty")
+    first = records[0][1]
+    has_header = header == "yes" or (header == "auto" and any(c.strip().lower() in _KNOWN for c in first))
+    names = [c.strip() for c in first] if has_header else [str(i) for i in range(len(first))]
+    rows = []
+    for n, r in records[1:] if has_header else records:
+        if len(r) != len(names):
+            first_line = "the header" if has_header else f"line {records[0][0]}"
+            raise LmforgeError(f"{path}:{n}: {len(r)} columns, but {first_line} has {len(names)}: fix the "
+                               "line (a stray tab or delimiter in the text?)")
+        rows.append((n, dict(zip(names, r))))
+    return names, rows
+
+
+def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    rows, names = [], {}
+    for i, line in enumerate(text.split("\n")):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise LmforgeError(f"{path}:{i + 1}: not valid JSON ({e.msg}): one object per line") from None
+        if not isinstance(obj, dict):
+            raise LmforgeError(f"{path}:{i + 1}: expected a JSON object, got {type(obj).__name__}")
+        names.update(dict.fromkeys(obj))
+        rows.append((i + 1, {k: v if isinstance(v, str) else json.dumps(v) for k, v in obj.items()}))
+    if not rows:
+        raise LmforgeError(f"{path} is empty")
+    return list(names), rows
+
+
+def _pick(path: Path, names: list[str], given: str, candidates: tuple[str, ...], role: str,
+          required: bool) -> tuple[str | None, bool]:
+    """The column for `role`: the given one (checked), else the first known name present."""
+    if given:
+        if given not in names:
+            raise LmforgeError(f"{path}: no column {given!r} (set by finetune.{role}_column); the columns "
+                               f"found are {', '.join(map(repr, names))}")
+        return given, False
+    lower = {n.lower(): n for n in names}
+    for c in candidates:
+        if c in lower:
+            return lower[c], True
+    if required:
+        raise LmforgeError(f"{path}: no {role} column found among {', '.join(map(repr, names))}: name it "
+                           f"with --{role}_column (or --set finetune.{role}_column=NAME)")
+    return None, False
+
+
+def _guess_headerless(names: list[str], rows: list[tuple[int, dict[str, str]]]) -> tuple[str, str | None]:
+    """Without a header: the text is the column with the longest values, the label the shortest."""
+    sample = [r for _, r in rows[:200]]
+    mean_len = {n: sum(len(r[n]) for r in sample) / max(len(sample), 1) for n in names}
+    ordered = sorted(names, key=mean_len.get)
+    return ordered[-1], ordered[0] if len(names) > 1 else None
+
+
+def read_labeled(path: str | Path, text_column: str = "", label_column: str = "", pair_column: str = "",
+                 header: str = "auto", need_labels: bool = True) -> LabeledData:
+    """Read a labeled (or, with need_labels=False, maybe unlabeled) TSV/CSV/JSONL file."""
+    path = Path(path)
+    names, rows = _read_rows(path, header)
+    guessed = []
+    if names and names[0] == "0" and not (set(names) & _KNOWN):  # no header
+        guess_text, guess_label = _guess_headerless(names, rows)
+        text_col = text_column or guess_text
+        label_col = label_column or (guess_label if need_labels else "")
+        guessed = [r for r, g in (("text", text_column), ("label", label_column)) if not g]
+        for role, col in (("text", text_col), ("label", label_col)):
+            if col and col not in names:
+                raise LmforgeError(f"{path}: no column {col!r} (set by finetune.{role}_column); the file has "
+                                   f"no header, its columns are {', '.join(map(repr, names))}")
+        pair_col = pair_column or None
+    else:
+        text_col, g1 = _pick(path, names, text_column, TEXT_NAMES, "text", True)
+        pair_col, g2 = _pick(path, names, pair_column, PAIR_NAMES, "text_pair", False)
+        label_col, g3 = _pick(path, names, label_column, LABEL_NAMES, "label", need_labels)
+        guessed = [r for r, g in (("text", g1), ("text_pair", g2), ("label", g3)) if g]
+    texts, pairs, labels, lines, empty = [], [], [], [], 0
+    for n, row in rows:
+        text = row[text_col].strip()
+        pair = row[pair_col].strip() if pair_col else ""
+        if not text or (pair_col and not pair):
+            empty += 1
+            continue
+        label = row[label_col].strip() if label_col else None
+        if label_col and not label:
+            raise LmforgeError(f"{path}:{n}: empty label in column {label_col!r}: fill it in or drop the "
+                               "line")
+        texts.append(text)
+        pairs.append(pair)
+        labels.append(label)
+        lines.append(n)
+    columns = {"text": text_col, **({"text_pair": pair_col} if pair_col else {}),
+               **({"label": label_col} if label_col else {})}
+    return LabeledData(path, texts, pairs if pair_col else None, labels if label_col else None, lines,
+                       columns, guessed, empty)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Label maps
+
+
+def build_label_map(data: LabeledData) -> list[str]:
+    """Labels of the training data, sorted (numerically when they all are integers): index = id."""
+    if data.labels is None:
+        raise LmforgeError(f"{data.path} has no label column")
+    counts = Counter(data.labels)
+    if len(counts) < 2:
+        only = next(iter(counts), "none")
+        raise LmforgeError(f"{data.path}: the label column {data.columns.get('label')!r} holds one class "
+                           f"only ({only!r}): a classifier needs at least two; check the label column")
+    keys = list(counts)
+    if all(_is_int(k) for k in keys):
+        return sorted(keys, key=int)
+    return sorted(keys)
+
+
+def _is_int(s: str) -> bool:
+    try:
+        int(s)
+        return True
+    except ValueError:
+        return False
+
+
+def label_ids(data: LabeledData, labels: list[str]) -> np.ndarray:
+    """Ids of `data`'s labels under the training label map; a label never seen in training is an error."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    ids = np.empty(len(data), dtype=np.int64)
+    for i, (lab, line) in enumerate(zip(data.labels or [], data.lines)):
+        if lab not in index:
+            raise LmforgeError(f"{data.path}:{line}: label {lab!r} never occurs in the training data "
+                               f"(labels: {', '.join(map(repr, labels))}): fix it or add examples of it to "
+                               "train")
+        ids[i] = index[lab]
+    return ids
+
+
+# ----------------------------------------------------------------------------------------------------
+# Encoding
+
+
+@dataclass
+class Encoded:
+    """Token ids of each example (variable length) and, for BERT pairs, where the second segment starts."""
+
+    ids: list[np.ndarray]
+    segment_starts: np.ndarray
+    """Index of the first token of segment 1 (= len when there is none)."""
+    truncated: int
+
+
+def encode_examples(tokenizer, texts: list[str], pairs: list[str] | None, kind: str,
+                    max_length: int) -> Encoded:
+    """Encode (pairs of) texts the way `kind` ('bert', 'gpt', 'rnn') reads them, cut to `max_length`."""
+    a = tokenizer.encode_batch(texts)
+    b = tokenizer.encode_batch(pairs) if pairs is not None else None
+    bert = kind == "bert"
+    special = (3 if b is not None else 2) if bert else (1 if b is not None else 0)
+    budget = max_length - special
+    if budget < 2:
+        raise LmforgeError(f"finetune.max_length={max_length} leaves no room for text: raise it")
+    ids, starts, truncated = [], np.empty(len(a), dtype=np.int64), 0
+    for i, x in enumerate(a):
+        y = b[i] if b is not None else []
+        if len(x) + len(y) > budget:
+            truncated += 1
+            x, y = _truncate(x, y, budget)
+        if bert:
+            seq = [tokenizer.cls_id, *x, tokenizer.sep_id]
+            starts[i] = len(seq)
+            if b is not None:
+                seq += [*y, tokenizer.sep_id]
+        else:
+            seq = list(x) if b is None else [*x, tokenizer.sep_id, *y]
+            starts[i] = len(seq)
+        ids.append(np.asarray(seq, dtype=np.int64))
+    return Encoded(ids, starts, truncated)
+
+
+def _truncate(x: list[int], y: list[int], budget: int) -> tuple[list[int], list[int]]:
+    """Cut the longer of the two texts first until both fit (transformers' 'longest_first')."""
+    nx, ny = len(x), len(y)
+    while nx + ny > budget:
+        if nx >= ny:
+            nx -= 1
+        else:
+            ny -= 1
+    return x[:nx], y[:ny]
+
+
+def collate(enc: Encoded, index: np.ndarray, labels: np.ndarray | None, pad_id: int,
+            bert: bool) -> dict[str, torch.Tensor]:
+    """Examples `index` padded on the right to the longest: input_ids, attention_mask (B, T), labels (B,)."""
+    seqs = [enc.ids[i] for i in index]
+    T = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)  # (B, T)
+    mask = np.zeros((len(seqs), T), dtype=np.int64)  # (B, T)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = s
+        mask[r, :len(s)] = 1
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if bert:
+        types = (np.arange(T)[None, :] >= enc.segment_starts[index][:, None]) & (mask == 1)  # (B, T)
+        batch["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
+    if labels is not None:
+        batch["labels"] = torch.from_numpy(labels[index].copy())  # (B,)
+    return batch
+
+
+class StopTraining(Exception):
+    """Raised by `LabeledBatches.get` once `stop` is set (early stopping ends the loop between steps)."""
+
+
+class LabeledBatches:
+    """Training batches: a seeded permutation per epoch, sliced by step (see the module docstring).
+
+    Setting `stop` to a reason makes the next `get` raise `StopTraining`: the loop has then finished the
+    step that set it, its evaluation and its checkpoint.
+    """
+
+    def __init__(self, enc: Encoded, labels: np.ndarray, batch_size: int, seed: int, pad_id: int,
+                 bert: bool) -> None:
+        self.enc, self.labels, self.batch_size, self.seed = enc, labels, batch_size, seed
+        self.pad_id, self.bert, self.n = pad_id, bert, len(labels)
+        self._perm_epoch, self._perm = -1, None
+        self.stop: str | None = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:  # cached: consecutive steps share an epoch
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def indices(self, step: int) -> np.ndarray:
+        """Examples of the whole (global) batch of `step`."""
+        g = step * self.batch_size + np.arange(self.batch_size)
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(g // self.n):
+            sel = g // self.n == epoch
+            out[sel] = self._permutation(int(epoch))[g[sel] % self.n]
+        return out
+
+    def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
+            micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+        if self.stop:
+            raise StopTraining(self.stop)
+        b = micro_batch or self.batch_size // world
+        k = micro * world + rank
+        if (k + 1) * b > self.batch_size:
+            raise ValueError(f"micro-batch {micro} of rank {rank} lies outside a batch of {self.batch_size}")
+        return collate(self.enc, self.indices(step)[k * b:(k + 1) * b], self.labels, self.pad_id, self.bert)
+
+
+def eval_batches(enc: Encoded, labels: np.ndarray | None, batch_size: int, pad_id: int, bert: bool):
+    """Every example once, in file order (sorted batches would pad less, but the order is the output's)."""
+    for start in range(0, len(enc.ids), batch_size):
+        index = np.arange(start, min(start + batch_size, len(enc.ids)))
+        yield collate(enc, index, labels, pad_id, bert)
