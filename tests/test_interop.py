@@ -200,7 +200,8 @@ def tiny_hf(kind: str, vocab: int, **extra):
                                        **extra)
         return perturb(transformers.LlamaForCausalLM(cfg))
     cfg = transformers.BertConfig(vocab_size=vocab, hidden_size=32, num_hidden_layers=2,
-                                  num_attention_heads=4, intermediate_size=48, max_position_embeddings=64, **extra)
+                                  num_attention_heads=4, intermediate_size=48, max_position_embeddings=64,
+                                  **extra)
     return perturb(transformers.BertForMaskedLM(cfg))
 
 
@@ -233,7 +234,8 @@ def test_import_reads_pytorch_model_bin_and_bare_base_model_names(tmp_path, toks
     hf_model.config.save_pretrained(tmp_path / "hf")
     hf_tok.save_pretrained(tmp_path / "hf")
     # GPT2Model names (no `transformer.` prefix), as in the original gpt2 checkpoint; .bin, not safetensors
-    bare = {k.removeprefix("transformer."): v for k, v in hf_model.state_dict().items() if k != "lm_head.weight"}
+    state = hf_model.state_dict()
+    bare = {k.removeprefix("transformer."): v for k, v in state.items() if k != "lm_head.weight"}
     torch.save(bare, tmp_path / "hf" / "pytorch_model.bin")
     import_hf(tmp_path / "hf", tmp_path / "run")
     run = load_run(tmp_path / "run")
@@ -275,7 +277,8 @@ def test_hub_name_offline_says_so(tmp_path, monkeypatch):
     (dict(mlp="relu2"), 'model.mlp = "relu2" has no Hugging Face equivalent for GPT-2'),
     (dict(norm="rmsnorm"), 'model.norm = "rmsnorm" has no Hugging Face equivalent for GPT-2'),
     (dict(bias=False), "model.bias = false has no Hugging Face equivalent"),
-    (dict(pos="rope", mlp="gelu", norm="rmsnorm"), 'model.mlp = "gelu" has no Hugging Face equivalent for Llama'),
+    (dict(pos="rope", mlp="gelu", norm="rmsnorm"),
+     'model.mlp = "gelu" has no Hugging Face equivalent for Llama'),
 ])
 def test_export_refuses_options_without_hf_equivalent(tmp_path, toks, change, match):
     make_run(tmp_path / "run", dataclasses.replace(GPT2, **change), toks["bpe"])
@@ -323,7 +326,8 @@ def test_import_refuses_missing_pieces(tmp_path, toks):
 
 def test_cli_pretrain_export_import(tmp_path, tiny_shards, cli):
     run = tmp_path / "run"
-    code, _, err = cli("pretrain", "--config", _tiny_gpt_config(tmp_path), "--data", tiny_shards, "--out", run)
+    config = _tiny_gpt_config(tmp_path)
+    code, _, err = cli("pretrain", "--config", config, "--data", tiny_shards, "--out", run)
     assert code == 0, err
     code, out, err = cli("export", run, "--format", "hf", "--out", tmp_path / "hf")
     assert code == 0 and "GPT2LMHeadModel" in out, err
@@ -350,7 +354,8 @@ def test_cli_pretrain_export_import(tmp_path, tiny_shards, cli):
 def _tiny_gpt_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text("[model]\nkind = \"gpt\"\ncontext_len = 32\nn_layer = 1\nn_head = 2\nd_model = 16\n\n"
-                    "[train]\nmax_steps = 3\nbatch_size = 4\neval_every = 0\neval_batches = 1\nsave_every = 3\n"
+                    "[train]\nmax_steps = 3\nbatch_size = 4\neval_every = 0\neval_batches = 1\n"
+                    "save_every = 3\n"
                     "log_every = 1\nprogress = false\n\n[schedule]\nwarmup_steps = 1\n\n"
                     "[runtime]\ndevice = \"cpu\"\n")
     return path

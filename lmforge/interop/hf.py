@@ -158,16 +158,38 @@ def key_map(family: str, cfg: GPTConfig | BertConfig) -> list[Row]:
     return rows
 
 
+# Sequence classifiers (lmforge.models.classifier): the base model's rows under `backbone.`, the
+# language-model head left out (HF classifiers have none), and the classification head.
+CLASSIFIER_HEADS: dict[str, list[Row]] = {
+    "gpt2": [("score.weight", "head.weight", "", "")],
+    "llama": [("score.weight", "head.weight", "", "")],
+    "bert": [("classifier.weight", "head.weight", "", ""), ("classifier.bias", "head.bias", "", "")],
+}
+CLASSIFIER_POOLING = {"gpt2": "last", "llama": "last", "bert": "cls"}
+LM_HEAD_ROOTS = ("lm_head.", "cls.")
+
+
+def classifier_key_map(family: str, cfg: GPTConfig | BertConfig) -> list[Row]:
+    base = [(hf, f"backbone.{ours}", how, when) for hf, ours, how, when in key_map(family, cfg)
+            if not hf.startswith(LM_HEAD_ROOTS)]
+    return base + CLASSIFIER_HEADS[family]
+
+
+def classifier_arch(family: str) -> str:
+    return FAMILIES[family]["lm"].replace("LMHeadModel", "ForSequenceClassification").replace(
+        "ForCausalLM", "ForSequenceClassification").replace("ForMaskedLM", "ForSequenceClassification")
+
+
 # ----------------------------------------------------------------------------------------------------
 # State dicts
 
 
 def to_hf_state(state: dict[str, torch.Tensor], cfg: GPTConfig | BertConfig,
-                family: str) -> dict[str, torch.Tensor]:
+                family: str, rows: list[Row] | None = None) -> dict[str, torch.Tensor]:
     """lmforge state dict -> HF tensors (tied matrices once, under the name HF keeps)."""
     out: dict[str, torch.Tensor] = {}
-    for hf, ours, how, _ in key_map(family, cfg):
-        if ours == "token_type_embeddings.weight" and cfg.type_vocab_size == 0:
+    for hf, ours, how, _ in rows if rows is not None else key_map(family, cfg):
+        if ours.endswith("token_type_embeddings.weight") and cfg.type_vocab_size == 0:
             t = torch.zeros(1, cfg.d_model, dtype=state["word_embeddings.weight"].dtype)  # adds nothing
         else:
             t = state[ours]

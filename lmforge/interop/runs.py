@@ -36,6 +36,8 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
     from lmforge.run import load_run, read_run_config
 
     run_dir, out = resolve_run(run), Path(out)
+    if (run_dir / "label_map.json").is_file():
+        return _export_classifier(run_dir, out, checkpoint, overwrite)
     cfg = read_run_config(run_dir).model
     family = hf.family_for(cfg)  # refuse before loading any weights
     loaded = load_run(run_dir, checkpoint)
@@ -53,6 +55,36 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
                        {"bos_token_id": ids.bos, "eos_token_id": ids.eos, "pad_token_id": ids.pad})
         export_tokenizer(tok, tmp, family, cfg.context_len)
     print(f"lmforge: exported {run_dir} (step {loaded.step}) as {config['architectures'][0]} -> {out}")
+    return out
+
+
+def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: bool) -> Path:
+    """A `lmforge finetune` run -> *ForSequenceClassification with id2label/label2id."""
+    from safetensors.torch import save_file
+
+    from lmforge.atomic import output_dir, write_json
+    from lmforge.finetune import load_classifier
+
+    clf = load_classifier(run_dir, checkpoint)
+    cfg, tok, model = clf.config.model, clf.tokenizer, clf.model
+    family = hf.family_for(cfg)
+    if model.pooling != hf.CLASSIFIER_POOLING[family]:
+        raise LmforgeError(f"finetune.pooling = {json.dumps(model.pooling)} has no Hugging Face equivalent "
+                           f"for {hf.classifier_arch(family)}: export is not possible; fine-tune with "
+                           f"pooling = {json.dumps(hf.CLASSIFIER_POOLING[family])} (or \"auto\")")
+    tensors = hf.to_hf_state(model.state_dict(), cfg, family, hf.classifier_key_map(family, cfg))
+    config = hf.to_hf_config(cfg, family, hf.SpecialIds(bos=tok.eot_id, eos=tok.eot_id, pad=tok.pad_id))
+    config["architectures"] = [hf.classifier_arch(family)]
+    config["id2label"] = {str(i): label for i, label in enumerate(clf.labels)}
+    config["label2id"] = {label: i for i, label in enumerate(clf.labels)}
+    if family == "bert":
+        config["classifier_dropout"] = model.drop.p
+    with output_dir(out, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        write_json(tmp / "config.json", config)
+        export_tokenizer(tok, tmp, family, cfg.context_len)
+    print(f"lmforge: exported {run_dir} (step {clf.step}) as {config['architectures'][0]} with "
+          f"{len(clf.labels)} labels -> {out}")
     return out
 
 
