@@ -60,17 +60,21 @@ def _embedding_params(model: nn.Module) -> set[int]:
 def param_groups(model: nn.Module, cfg: OptimConfig, skip: frozenset[int] = frozenset()) -> list[dict]:
     """Two groups: decayed matrices, and everything else (biases, norms, embeddings) without decay.
 
-    Tensors whose id is in `skip` are left out (another optimizer owns them).
+    Tensors whose id is in `skip` are left out (another optimizer owns them). A model with
+    `lr_scales() -> {name: multiplier}` (layer-wise lr decay when fine-tuning) gets each pair of groups
+    once per multiplier, with `base_lr = cfg.lr * multiplier`.
     """
     embeddings = _embedding_params(model)
-    decay, no_decay = [], []
-    for p in model.parameters():  # parameters() yields a tied tensor once
+    scales = model.lr_scales() if hasattr(model, "lr_scales") else {}
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():  # yields a tied tensor once
         if not p.requires_grad or id(p) in skip:
             continue
-        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay, "base_lr": cfg.lr},
-              {"params": no_decay, "weight_decay": 0.0, "base_lr": cfg.lr}]
-    return [g for g in groups if g["params"]]
+        decayed = p.ndim >= 2 and id(p) not in embeddings
+        groups.setdefault((scales.get(name, 1.0), decayed), []).append(p)
+    return [{"params": params, "weight_decay": cfg.weight_decay if decayed else 0.0,
+             "base_lr": cfg.lr * scale}
+            for (scale, decayed), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
 
 
 def _is_hidden_matrix(name: str, p: torch.Tensor, embeddings: set[int]) -> bool:

@@ -46,6 +46,8 @@ class SequenceClassifier(nn.Module):
         if num_labels < 2:
             raise ValueError(f"a classifier needs at least 2 labels, got {num_labels}")
         self.config, self.kind, self.pooling, self.num_labels = model_cfg, model_cfg.kind, pooling, num_labels
+        self.layerwise_lr_decay = 1.0
+        """Set by fine-tuning: the lr of each layer below the head is this times the one above."""
         self.backbone = build_model(model_cfg)
         width = model_cfg.d_hidden if model_cfg.kind == "rnn" else model_cfg.d_model
         self.drop = nn.Dropout(0.0 if model_cfg.kind == "gpt" else dropout)  # HF's GPT-2 head has none
@@ -98,9 +100,9 @@ class SequenceClassifier(nn.Module):
             return 0
         return n + 1  # final norm, pooler, decoder
 
-    def lr_scales(self, decay: float) -> dict[str, float]:
-        """Parameter name -> lr multiplier `decay ** (top depth - its depth)`; decay=1 changes nothing."""
-        top = self.config.n_layer + 1
+    def lr_scales(self) -> dict[str, float]:
+        """Name -> lr multiplier `layerwise_lr_decay ** (top depth - its depth)`; the optimizer reads it."""
+        top, decay = self.config.n_layer + 1, self.layerwise_lr_decay
         return {name: decay ** (top - self.layer_of(name)) for name, _ in self.named_parameters()}
 
     def num_params(self, non_embedding: bool = False) -> int:
