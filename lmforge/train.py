@@ -64,8 +64,7 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
             # a killed run may have logged past its last checkpoint: those steps will be redone
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resume_step]
             write_text(self.path, "".join(ln + "\n" for ln in kept))
         self.file = self.path.open("a")
         try:
@@ -89,6 +88,14 @@ class MetricsLog:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line cut short by a kill (only ever the last) counts as past the end."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 @contextlib.contextmanager
