@@ -11,7 +11,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from conftest import _WORDS, make_english
 
 POS, NEG = ("gains", "quickly"), ("before", "decays")
@@ -49,8 +48,12 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     docs = make_english(200, seed=1)
     write_file(root / "corpus" / "train-00000.jsonl.zst", docs[:-20])
     write_file(root / "corpus" / "val-00000.jsonl.zst", docs[-20:])
-    train_tokenizer(root / "corpus", root / "tok", TokenizerConfig(kind="word", vocab_size=200, min_frequency=1),
-                    progress=False)
+    train_tokenizer(
+        root / "corpus",
+        root / "tok",
+        TokenizerConfig(kind="word", vocab_size=200, min_frequency=1),
+        progress=False,
+    )
     build_shards(root / "corpus", root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
     out = {}
     for kind in ("gpt", "bert"):
@@ -58,9 +61,22 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         (root / f"{kind}.toml").write_text(
             f'[model]\nkind = "{kind}"\ncontext_len = 32\nn_layer = 1\nn_head = 2\nd_model = 32\n{extra}'
             "[train]\nmax_steps = 4\nbatch_size = 8\neval_every = 4\neval_batches = 1\nsave_every = 4\n"
-            "progress = false\n[schedule]\nwarmup_steps = 1\n")
-        assert main(["pretrain", "--config", str(root / f"{kind}.toml"), "--data", str(root / "shards"),
-                      "--out", str(root / f"run_{kind}")]) == 0
+            "progress = false\n[schedule]\nwarmup_steps = 1\n"
+        )
+        assert (
+            main(
+                [
+                    "pretrain",
+                    "--config",
+                    str(root / f"{kind}.toml"),
+                    "--data",
+                    str(root / "shards"),
+                    "--out",
+                    str(root / f"run_{kind}"),
+                ]
+            )
+            == 0
+        )
         out[kind] = root / f"run_{kind}"
     out["train"] = _write_tsv(root / "train.tsv", _rows(320, 0))
     out["dev"] = _write_tsv(root / "dev.tsv", _rows(100, 1))
@@ -73,8 +89,22 @@ FAST = ["--learning_rate", "5e-3", "--per-device-train-batch-size", "16", "--eva
 @pytest.mark.parametrize("kind", ["gpt", "bert"])
 def test_finetune_learns_and_the_run_classifies(runs, tmp_path, cli, kind):
     out = tmp_path / "ft"
-    code, _, err = cli("finetune", "--from", runs[kind], "--train", runs["train"], "--dev", runs["dev"],
-                       "--test", runs["dev"], "--out", out, "--max_steps", "60", *FAST)
+    code, _, err = cli(
+        "finetune",
+        "--from",
+        runs[kind],
+        "--train",
+        runs["train"],
+        "--dev",
+        runs["dev"],
+        "--test",
+        runs["dev"],
+        "--out",
+        out,
+        "--max_steps",
+        "60",
+        *FAST,
+    )
     assert code == 0, err
     results = json.loads((out / "eval_results.json").read_text())
     assert results["dev"]["accuracy"] > 0.9, results["dev"]
@@ -83,7 +113,9 @@ def test_finetune_learns_and_the_run_classifies(runs, tmp_path, cli, kind):
     label_map = json.loads((out / "label_map.json").read_text())
     assert label_map["labels"] == ["negative", "positive"]
     assert "[finetune]" in (out / "config.toml").read_text()
-    evals = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in ln]
+    evals = [
+        json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in ln
+    ]
     assert [e["step"] for e in evals] == [20, 40, 60]
 
     code, stdout, err = cli("classify", out, "the model gains text", "data decays the model")
@@ -93,7 +125,9 @@ def test_finetune_learns_and_the_run_classifies(runs, tmp_path, cli, kind):
     assert abs(sum(preds[0]["probs"].values()) - 1) < 1e-5
 
     texts = tmp_path / "texts.jsonl"
-    texts.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, (t, _) in enumerate(_rows(30, 5))))
+    texts.write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, (t, _) in enumerate(_rows(30, 5)))
+    )
     code, _, err = cli("classify", out, "--input", texts, "--output", tmp_path / "preds.jsonl", "--quiet")
     assert code == 0, err
     assert len((tmp_path / "preds.jsonl").read_text().splitlines()) == 30
@@ -111,9 +145,20 @@ def test_python_api_matches_the_saved_label_map(runs, tmp_path, cli):
     dev = [(t, "1" if lab == "positive" else "0") for t, lab in _rows(60, 1)]
     jsonl = tmp_path / "train.jsonl"
     jsonl.write_text("".join(json.dumps({"text": t, "label": int(lab)}) + "\n" for t, lab in rows))
-    code, _, err = cli("finetune", "--from", runs["gpt"], "--train", jsonl, "--dev",
-                       _write_tsv(tmp_path / "dev.tsv", dev, ("text", "label")), "--out", out, "--max_steps", "60",
-                       *FAST)
+    code, _, err = cli(
+        "finetune",
+        "--from",
+        runs["gpt"],
+        "--train",
+        jsonl,
+        "--dev",
+        _write_tsv(tmp_path / "dev.tsv", dev, ("text", "label")),
+        "--out",
+        out,
+        "--max_steps",
+        "60",
+        *FAST,
+    )
     assert code == 0, err
     clf = load_classifier(out)
     assert clf.labels == ["0", "1"]
@@ -135,8 +180,20 @@ def test_text_pairs(runs, tmp_path, cli):
     train = _write_tsv(tmp_path / "train.tsv", pairs(320), header)
     dev = _write_tsv(tmp_path / "dev.tsv", pairs(100), header)
     out = tmp_path / "ft"
-    code, log, err = cli("finetune", "--from", runs["bert"], "--train", train, "--dev", dev, "--out", out,
-                         "--max_steps", "60", *FAST)
+    code, log, err = cli(
+        "finetune",
+        "--from",
+        runs["bert"],
+        "--train",
+        train,
+        "--dev",
+        dev,
+        "--out",
+        out,
+        "--max_steps",
+        "60",
+        *FAST,
+    )
     assert code == 0, err
     assert "text_pair column 'sentence2'" in log
     results = json.loads((out / "eval_results.json").read_text())
@@ -150,8 +207,23 @@ def test_text_pairs(runs, tmp_path, cli):
 def test_resume_gives_the_same_weights(runs, tmp_path, cli):
     from safetensors.torch import load_file
 
-    args = ["--from", runs["gpt"], "--train", runs["train"], "--dev", runs["dev"], "--max_steps", "20",
-            "--eval_steps", "10", "--learning_rate", "5e-3", "--per_device_train_batch_size", "16", "--quiet"]
+    args = [
+        "--from",
+        runs["gpt"],
+        "--train",
+        runs["train"],
+        "--dev",
+        runs["dev"],
+        "--max_steps",
+        "20",
+        "--eval_steps",
+        "10",
+        "--learning_rate",
+        "5e-3",
+        "--per_device_train_batch_size",
+        "16",
+        "--quiet",
+    ]
     assert cli("finetune", *args, "--out", tmp_path / "full")[0] == 0
     assert cli("finetune", *args, "--out", tmp_path / "half", "--set", "finetune.max_steps=10")[0] == 0
     code, _, err = cli("finetune", "--resume", tmp_path / "half", "--max_steps", "20", "--quiet")
@@ -165,15 +237,37 @@ def test_resume_gives_the_same_weights(runs, tmp_path, cli):
 
 def test_early_stopping_and_best_by_metric(runs, tmp_path, cli):
     out = tmp_path / "ft"
-    code, log, err = cli("finetune", "--from", runs["gpt"], "--train", runs["train"], "--dev", runs["dev"],
-                         "--out", out, "--max_steps", "200", "--eval_steps", "5", "--early_stopping_patience", "1",
-                       "--learning_rate", "1e-6", "--per_device_train_batch_size", "16", "--quiet",
-                       "--metric_for_best_model", "accuracy")
+    code, log, err = cli(
+        "finetune",
+        "--from",
+        runs["gpt"],
+        "--train",
+        runs["train"],
+        "--dev",
+        runs["dev"],
+        "--out",
+        out,
+        "--max_steps",
+        "200",
+        "--eval_steps",
+        "5",
+        "--early_stopping_patience",
+        "1",
+        "--learning_rate",
+        "1e-6",
+        "--per_device_train_batch_size",
+        "16",
+        "--quiet",
+        "--metric_for_best_model",
+        "accuracy",
+    )
     assert code == 0, err
     assert "early stopping" in log
     results = json.loads((out / "eval_results.json").read_text())
     assert results["stopped"] == "early_stopping"
-    evals = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in ln]
+    evals = [
+        json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines() if "val_accuracy" in ln
+    ]
     assert evals[-1]["step"] < 200
     best = max(evals, key=lambda e: (e["val_accuracy"], -e["step"]))
     assert results["checkpoint"] == f"step-{best['step']:06d}"
@@ -183,11 +277,27 @@ def test_settings_from_toml_and_frozen_encoder(runs, tmp_path, cli):
     from safetensors.torch import load_file
 
     cfg = tmp_path / "ft.toml"
-    cfg.write_text("[finetune]\nmax_steps = 6\neval_steps = 3\nfreeze_encoder = true\nclass_weights = \"balanced\"\n"
-                   "layerwise_lr_decay = 0.8\nlearning_rate = 1e-2\nper_device_train_batch_size = 8\n")
+    cfg.write_text(
+        '[finetune]\nmax_steps = 6\neval_steps = 3\nfreeze_encoder = true\nclass_weights = "balanced"\n'
+        "layerwise_lr_decay = 0.8\nlearning_rate = 1e-2\nper_device_train_batch_size = 8\n"
+    )
     out = tmp_path / "ft"
-    code, _, err = cli("finetune", "--from", runs["bert"], "--train", runs["train"], "--dev", runs["dev"],
-                       "--out", out, "--config", cfg, "--set", "finetune.seed=7", "--quiet")
+    code, _, err = cli(
+        "finetune",
+        "--from",
+        runs["bert"],
+        "--train",
+        runs["train"],
+        "--dev",
+        runs["dev"],
+        "--out",
+        out,
+        "--config",
+        cfg,
+        "--set",
+        "finetune.seed=7",
+        "--quiet",
+    )
     assert code == 0, err
     text = (out / "config.toml").read_text()
     assert "seed = 7" in text and "freeze_encoder = true" in text
@@ -202,8 +312,21 @@ def test_settings_from_toml_and_frozen_encoder(runs, tmp_path, cli):
 
 
 def _finetune(cli, runs, tmp_path, train, dev=None, *extra):
-    return cli("finetune", "--from", runs["gpt"], "--train", train, "--dev", dev or runs["dev"],
-               "--out", tmp_path / "ft", "--max_steps", "2", "--quiet", *extra)
+    return cli(
+        "finetune",
+        "--from",
+        runs["gpt"],
+        "--train",
+        train,
+        "--dev",
+        dev or runs["dev"],
+        "--out",
+        tmp_path / "ft",
+        "--max_steps",
+        "2",
+        "--quiet",
+        *extra,
+    )
 
 
 def test_missing_column_lists_the_columns(runs, tmp_path, cli):
@@ -237,8 +360,18 @@ def test_missing_tokenizer(runs, tmp_path, cli):
     broken = tmp_path / "run"
     shutil.copytree(runs["gpt"], broken)
     shutil.rmtree(broken / "tokenizer")
-    code, _, err = cli("finetune", "--from", broken, "--train", runs["train"], "--dev", runs["dev"],
-                       "--out", tmp_path / "ft", "--quiet")
+    code, _, err = cli(
+        "finetune",
+        "--from",
+        broken,
+        "--train",
+        runs["train"],
+        "--dev",
+        runs["dev"],
+        "--out",
+        tmp_path / "ft",
+        "--quiet",
+    )
     assert code == 2 and "has no tokenizer/ folder" in err
 
 
