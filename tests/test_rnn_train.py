@@ -295,3 +295,38 @@ def test_plateau_cuts_the_lr_when_validation_stops_improving_and_resumes(tmp_pat
     calls = [0]
     _plateau_run(tmp_path / "b", val, calls, 6)  # stops right after the cut at step 6
     assert _plateau_run(tmp_path / "b", val, calls, 12, resume=True) == whole
+
+
+def _merge_worker(rank: int, world: int, init_file: str, resumed: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    model = _tiny_rnn().eval()
+    batches = StreamBatches(ArrayTokens(np.arange(800) % 30), seq_len=8, batch_size=4)
+    loss = TruncatedBPTTLoss(4)
+    loss.load_state_dict(torch.load(resumed, weights_only=True))  # every process holds every row
+    with torch.no_grad():
+        for step in range(2, 4):
+            loss(model, batches.get(step, rank=rank, world=world))
+    state = loss.state_dict()  # every process takes part
+    if rank == 0:
+        torch.save(state, out)
+    dist.destroy_process_group()
+
+
+def test_state_dict_merges_the_streams_of_every_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    model = _tiny_rnn().eval()
+    batches = StreamBatches(ArrayTokens(np.arange(800) % 30), seq_len=8, batch_size=4)
+    single = TruncatedBPTTLoss(4)
+    with torch.no_grad():
+        for step in range(4):
+            single(model, batches.get(step))
+            if step == 1:
+                torch.save(single.state_dict(), tmp_path / "resumed.pt")
+    paths = [str(tmp_path / name) for name in ("init", "resumed.pt", "merged.pt")]
+    mp.spawn(_merge_worker, args=(2, *paths), nprocs=2)
+    merged = torch.load(tmp_path / "merged.pt", weights_only=True)
+    for got, want in zip(merged["buffers"], single.state_dict()["buffers"], strict=True):
+        torch.testing.assert_close(got, want)
