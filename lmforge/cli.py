@@ -81,7 +81,8 @@ def cmd_tokenizer_decode(args: argparse.Namespace) -> int:
     try:
         ids = [int(x) for x in raw]
     except ValueError:
-        raise LmforgeError("tokenizer decode: ids must be integers, e.g. `lmforge tokenizer decode TOK 17 42`") from None
+        raise LmforgeError("tokenizer decode: ids must be integers, "
+                           "e.g. `lmforge tokenizer decode TOK 17 42`") from None
     print(tok.decode(ids))
     return 0
 

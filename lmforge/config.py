@@ -208,7 +208,7 @@ class RNNConfig:
                "needs model.d_embed == model.d_hidden")
 
 
-ModelConfig = Union[GPTConfig, BertConfig, RNNConfig]
+ModelConfig = GPTConfig | BertConfig | RNNConfig
 MODEL_CONFIGS: dict[str, type] = {"gpt": GPTConfig, "bert": BertConfig, "rnn": RNNConfig}
 
 
@@ -516,7 +516,8 @@ def from_dict(cls: type, raw: dict[str, Any], where: str = "", source: str = "co
         if key not in names:
             full = f"{where}.{key}" if where else key
             hint = difflib.get_close_matches(key, names, n=1)
-            valid = f"did you mean '{where + '.' if where else ''}{hint[0]}'?" if hint else f"valid keys: {', '.join(names)}"
+            prefix = f"{where}." if where else ""
+            valid = f"did you mean '{prefix}{hint[0]}'?" if hint else f"valid keys: {', '.join(names)}"
             raise LmforgeError(f"{source}: unknown key '{full}'; {valid}")
     kwargs = {}
     for name in names:
