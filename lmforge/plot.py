@@ -26,6 +26,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import ScalarFormatter
     except ImportError:
         raise LmforgeError("plotting needs matplotlib: pip install 'lmforge[plot]'") from None
     from lmforge.atomic import write_bytes
@@ -43,6 +44,8 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
         ax.grid(alpha=0.3)
         if key in ("loss", "val_loss") and ax.has_data():
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())  # 4.5, not 4.5 x 10^0
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
             plain = matplotlib.ticker.FormatStrFormatter("%.2f")  # not 4 x 10^0
             ax.yaxis.set_major_formatter(plain)
             ax.yaxis.set_minor_formatter(plain)

@@ -8,6 +8,7 @@ folder is complete), so a second quickstart only trains again.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from lmforge.config import CorpusConfig, RunConfig, ShardConfig, TokenizerConfig, load_config
@@ -75,7 +76,8 @@ def quickstart(out: Path, config: str = "gpt-tiny", overrides: tuple[str, ...] =
     print("\nquickstart: samples (temperature 0.8, top-k 40)")
     for i, prompt in enumerate(PROMPTS[:samples]):
         text = generate(run.model, run.tokenizer, prompt, max_new_tokens=60, temperature=0.8, top_k=40, seed=i)
-        print(f"  --- {prompt!r}\n  {prompt}{text}".replace("\n", "\n  "))
+        shown = re.sub(r"\n\s*\n+", "\n", prompt + text).strip()  # docstrings are full of blank lines
+        print(f"  --- {prompt!r}\n  " + shown.replace("\n", "\n  "))
     print(f"\nquickstart: validation perplexity {before['perplexity']:,.1f} before training -> "
           f"{after['perplexity']:,.1f} after ({after.get('bits_per_byte', float('nan')):.3f} bits per byte)")
     print(f"quickstart: run folder {run_dir} (checkpoints, metrics.jsonl, config.toml, tokenizer/); "
