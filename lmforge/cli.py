@@ -192,11 +192,23 @@ def _register_quickstart(sub) -> None:
     p.set_defaults(func=cmd_quickstart)
 
 
+def _language_model_config(run: str, command: str):
+    """The config of `run` (a folder or hf:...), refusing a fine-tuned classifier: its head predicts labels."""
+    from lmforge.run import is_classifier_config, read_run_config
+
+    cfg = read_run_config(run)
+    if is_classifier_config(cfg):
+        source = f" (its pretrained run is {cfg.finetune.from_run})" if cfg.finetune.from_run else ""
+        raise LmforgeError(f"{run} is a fine-tuned {cfg.model.kind} classifier, not a language model: {command} "
+                           f"needs a pretrained run{source}; label texts with `lmforge classify {run} \"text\"`")
+    return cfg
+
+
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     from lmforge.generate import fill_mask
-    from lmforge.run import load_run, read_run_config
+    from lmforge.run import load_run
 
-    kind = read_run_config(Path(args.run)).model.kind
+    kind = _language_model_config(args.run, "fill-mask").model.kind
     if kind != "bert":
         raise LmforgeError(f"{args.run} is a {kind} run, not a masked LM: fill-mask needs a bert run "
                            "(use `lmforge generate` for gpt and rnn)")
@@ -256,9 +268,9 @@ def _register_interop(sub) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmforge.generate import generate
-    from lmforge.run import load_run, read_run_config
+    from lmforge.run import load_run
 
-    kind = read_run_config(Path(args.run)).model.kind
+    kind = _language_model_config(args.run, "generate").model.kind
     if kind not in ("gpt", "rnn"):
         raise LmforgeError(f"{args.run} is a {kind} run: generate needs a gpt or rnn run "
                            "(use `lmforge fill-mask` for bert)")

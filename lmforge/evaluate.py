@@ -55,11 +55,14 @@ def evaluate_run(run_dir: Path, data: Path | None = None, split: str = "val", ma
                  checkpoint: str = "best", device: str = "auto") -> dict[str, float]:
     """`lmforge eval`: a run's checkpoint on one split of a shards folder (the run's data by default)."""
     from lmforge.data.shards import TokenShards
-    from lmforge.run import TASKS, load_run
+    from lmforge.run import TASKS, is_classifier_config, load_run
     from lmforge.runtime import setup_runtime
 
     run = load_run(run_dir, checkpoint, device)
     cfg = run.config
+    if is_classifier_config(cfg):
+        raise LmforgeError(f"{run_dir} is a fine-tuned classifier: evaluate it on a labeled file with "
+                           f"`lmforge eval {run_dir} --data FILE.tsv` (or lmforge.finetune.evaluate_file)")
     data = Path(data or cfg.data.path)
     if not str(data):
         raise LmforgeError(f"{run_dir}/config.toml has no data.path: pass --data SHARDS")

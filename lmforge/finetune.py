@@ -28,6 +28,7 @@ from torch import nn
 
 from lmforge.config import FinetuneConfig, FinetuneRunConfig, OptimConfig, ScheduleConfig, TrainConfig
 from lmforge.errors import LmforgeError
+from lmforge.run import LoadedRun
 
 LABEL_MAP = "label_map.json"
 RESULTS = "eval_results.json"
@@ -249,15 +250,10 @@ def _report(name: str, m: dict) -> None:
 
 
 @dataclass
-class LoadedClassifier:
-    model: nn.Module
-    """In eval mode, on the requested device."""
-    tokenizer: Any
-    labels: list[str]
-    config: FinetuneRunConfig
-    run_dir: Path
-    step: int
-    checkpoint: Path
+class LoadedClassifier(LoadedRun):
+    """What `load_run` gives for a fine-tuned run: `model` is a `SequenceClassifier`."""
+
+    labels: list[str] = dataclasses.field(default_factory=list)
 
 
 def is_classifier_run(run_dir: Path) -> bool:
@@ -281,7 +277,7 @@ def load_classifier(run_dir: Path, checkpoint: str = "best", device: str = "cpu"
     model = build_classifier(cfg, len(labels)).to(resolve_device(device))
     load_weights(ckpt, model, next(model.parameters()).device)
     model.eval()
-    return LoadedClassifier(model, tok, labels, cfg, run_dir, int(read_meta(ckpt)["step"]), ckpt)
+    return LoadedClassifier(model, tok, cfg, run_dir, int(read_meta(ckpt)["step"]), ckpt, labels=labels)
 
 
 @torch.no_grad()

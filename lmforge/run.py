@@ -31,6 +31,8 @@ class Task:
     eval_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]] | None
     """max_batches (0: all) -> validation batches; None without a validation split."""
     bytes_per_token: float | None
+    frozen: tuple[str, ...] = ()
+    """Name prefixes of parameters the objective never runs: not trained, left out of DDP's reduction."""
 
 
 def causal_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: int = 1,
@@ -64,7 +66,8 @@ def masked_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: i
         val = MaskedLMBatches(val_src, specials, seq_len, micro, VAL_MASK_SEED, cfg.mlm, word_starts,
                               shuffle=False)
         make_eval = lambda n: val.eval_batches(micro, n, rank, world)
-    return Task(masked_lm_loss, batches, make_eval, None)  # bits per byte mean nothing for masked tokens
+    # bits per byte mean nothing for masked tokens; the [CLS] pooler belongs to fine-tuning
+    return Task(masked_lm_loss, batches, make_eval, None, frozen=("pooler.",))
 
 
 RNN_EVAL_STREAMS = 10
@@ -148,6 +151,9 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
     from lmforge.train import train
 
     out = Path(out)
+    if is_classifier_config(cfg):
+        raise LmforgeError(f"{out} is a fine-tuned classifier: continue it with `lmforge finetune --resume "
+                           f"{out}`")
     if resume:
         if not (out / "config.toml").is_file():
             raise LmforgeError(f"cannot resume {out}: it has no config.toml (start it without --resume)")
@@ -162,6 +168,9 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
     task = _task_for(cfg.model.kind)(cfg, train_src, val_src, runtime.world_size, runtime.rank)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
+    for name, p in model.named_parameters():
+        if name.startswith(task.frozen):
+            p.requires_grad_(False)
     if runtime.is_main:
         if not resume:
             _prepare_folder(out, overwrite)
@@ -171,15 +180,20 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
     if task.eval_batches is not None:
         from lmforge.evaluate import evaluate_lm
 
-        evaluate_fn = lambda m: evaluate_lm(m, task.objective, task.eval_batches(cfg.train.eval_batches),
-                                            runtime, task.bytes_per_token)
+        evaluate_fn = lambda m: evaluate_lm(
+            m, task.objective, runtime.even_batches(task.eval_batches(cfg.train.eval_batches)), runtime,
+            task.bytes_per_token)
     n_params = sum(p.numel() for p in model.parameters())  # a tied tensor counts once
     if runtime.is_main:
         print(f"lmforge: {cfg.model.kind} with {n_params / 1e6:.2f}M parameters on {runtime.device} "
               f"({cfg.runtime.precision}), {cfg.train.max_steps} steps of {cfg.train.batch_size} x "
               f"{cfg.seq_len()} tokens -> {out}")
-    result = train(model, task.objective, task.train_batches, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule,
-                   train_cfg=cfg.train, runtime=runtime, run_dir=out, evaluate_fn=evaluate_fn, resume=resume)
+    try:
+        result = train(model, task.objective, task.train_batches, optim_cfg=cfg.optim,
+                       schedule_cfg=cfg.schedule, train_cfg=cfg.train, runtime=runtime, run_dir=out,
+                       evaluate_fn=evaluate_fn, resume=resume)
+    finally:
+        runtime.close()
     if runtime.is_main:
         best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
         verb = "stopped by Ctrl-C at" if result.stopped == "interrupted" else "finished"
@@ -188,16 +202,32 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
     return out
 
 
-def read_run_config(run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+def read_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A run folder's (or `hf:...` import's) config.toml; a fine-tuned run's is a `FinetuneRunConfig`."""
+    from lmforge.config import FinetuneRunConfig, read_toml
+
+    if str(run_dir).startswith("hf:"):
+        from lmforge.interop import resolve_run
+
+        run_dir = resolve_run(run_dir)
     path = Path(run_dir) / "config.toml"
     if not path.is_file():
         raise LmforgeError(f"{run_dir} is not a run folder (no config.toml): "
                            "give the --out folder of `lmforge pretrain`")
-    return load_config(RunConfig, path, overrides)
+    cls = FinetuneRunConfig if "finetune" in read_toml(path) else RunConfig
+    return load_config(cls, path, overrides)
+
+
+def is_classifier_config(cfg: RunConfig) -> bool:
+    from lmforge.config import FinetuneRunConfig
+
+    return isinstance(cfg, FinetuneRunConfig)
 
 
 @dataclass
 class LoadedRun:
+    """A language model; `load_run` gives a fine-tuned run as its subclass `finetune.LoadedClassifier`."""
+
     model: nn.Module
     """In eval mode, on the requested device."""
     tokenizer: Any
@@ -211,7 +241,8 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> Lo
     """A trained model with its tokenizer and config, from a run folder's checkpoint.
 
     `checkpoint`: best (lowest val loss; the latest when none was evaluated), latest, step-N, or a path.
-    `run_dir` may also be `hf:DIR` (a transformers folder) or `hf:NAME` (a Hub model).
+    `run_dir` may also be `hf:DIR` (a transformers folder) or `hf:NAME` (a Hub model). A fine-tuned
+    run gives a `LoadedClassifier` (model: a `SequenceClassifier`, plus `labels`).
     """
     from lmforge.checkpoint import find_checkpoint, load_weights, read_meta
     from lmforge.interop import resolve_run
@@ -221,6 +252,10 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "cpu") -> Lo
 
     run_dir = resolve_run(run_dir)  # `hf:DIR` or `hf:NAME`: imported once into a cache folder
     cfg = read_run_config(run_dir)
+    if is_classifier_config(cfg):
+        from lmforge.finetune import load_classifier
+
+        return load_classifier(run_dir, checkpoint, device)
     ckpt = find_checkpoint(run_dir, checkpoint)
     tok_dir = ckpt / "tokenizer" if (ckpt / "tokenizer").is_dir() else run_dir / "tokenizer"
     tokenizer = load_tokenizer(tok_dir)
