@@ -31,8 +31,6 @@ class Task:
     eval_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]] | None
     """max_batches (0: all) -> validation batches; None without a validation split."""
     bytes_per_token: float | None
-    frozen: tuple[str, ...] = ()
-    """Name prefixes of parameters the objective never runs: not trained, left out of DDP's reduction."""
 
 
 def causal_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: int = 1,
@@ -66,8 +64,7 @@ def masked_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: i
         val = MaskedLMBatches(val_src, specials, seq_len, micro, VAL_MASK_SEED, cfg.mlm, word_starts,
                               shuffle=False)
         make_eval = lambda n: val.eval_batches(micro, n, rank, world)
-    # bits per byte mean nothing for masked tokens; the [CLS] pooler belongs to fine-tuning
-    return Task(masked_lm_loss, batches, make_eval, None, frozen=("pooler.",))
+    return Task(masked_lm_loss, batches, make_eval, None)  # bits per byte mean nothing for masked tokens
 
 
 RNN_EVAL_STREAMS = 10
@@ -168,9 +165,6 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
     task = _task_for(cfg.model.kind)(cfg, train_src, val_src, runtime.world_size, runtime.rank)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
-    for name, p in model.named_parameters():
-        if name.startswith(task.frozen):
-            p.requires_grad_(False)
     if runtime.is_main:
         if not resume:
             _prepare_folder(out, overwrite)
@@ -180,20 +174,15 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
     if task.eval_batches is not None:
         from lmforge.evaluate import evaluate_lm
 
-        evaluate_fn = lambda m: evaluate_lm(
-            m, task.objective, runtime.even_batches(task.eval_batches(cfg.train.eval_batches)), runtime,
-            task.bytes_per_token)
+        evaluate_fn = lambda m: evaluate_lm(m, task.objective, task.eval_batches(cfg.train.eval_batches),
+                                            runtime, task.bytes_per_token)
     n_params = sum(p.numel() for p in model.parameters())  # a tied tensor counts once
     if runtime.is_main:
         print(f"lmforge: {cfg.model.kind} with {n_params / 1e6:.2f}M parameters on {runtime.device} "
               f"({cfg.runtime.precision}), {cfg.train.max_steps} steps of {cfg.train.batch_size} x "
               f"{cfg.seq_len()} tokens -> {out}")
-    try:
-        result = train(model, task.objective, task.train_batches, optim_cfg=cfg.optim,
-                       schedule_cfg=cfg.schedule, train_cfg=cfg.train, runtime=runtime, run_dir=out,
-                       evaluate_fn=evaluate_fn, resume=resume)
-    finally:
-        runtime.close()
+    result = train(model, task.objective, task.train_batches, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule,
+                   train_cfg=cfg.train, runtime=runtime, run_dir=out, evaluate_fn=evaluate_fn, resume=resume)
     if runtime.is_main:
         best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
         verb = "stopped by Ctrl-C at" if result.stopped == "interrupted" else "finished"
