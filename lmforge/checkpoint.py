@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import nn
 
 from lmforge.errors import LmforgeError
@@ -97,19 +97,26 @@ def set_rng_states(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: Any, scaler: Any,
-                    state: dict[str, Any], keep_last: int = 2) -> Path:
+                    state: dict[str, Any], keep_last: int = 2, model_state: dict | None = None,
+                    optimizer_state: dict | None = None) -> Path:
     """Write checkpoint `step` atomically, then drop old ones beyond the last `keep_last` and the best.
 
     `model` must be unwrapped (no compile/DDP prefixes in its names). `state` holds plain values
-    (step, tokens, val_loss, ...) saved in trainer_state.pt and meta.json.
+    (step, tokens, val_loss, ...) saved in trainer_state.pt and meta.json. `model_state` and
+    `optimizer_state`, when given, replace `model.state_dict()` / `optimizer.state_dict()`: the
+    whole states gathered from FSDP shards (`Runtime.full_state`).
     """
     run_dir = Path(run_dir)
     final = checkpoint_dir(run_dir, step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
-        save_model(model, str(tmp / "model.safetensors"))
-        trainer_state = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+        if model_state is None:
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            _save_state(model, model_state, tmp / "model.safetensors")
+        optimizer_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
+        trainer_state = {"optimizer": optimizer_state, "scaler": scaler.state_dict(),
                          "rng": rng_states(), **state}
         torch.save(trainer_state, tmp / "trainer_state.pt")
         for name in ("config.toml", "tokenizer"):
@@ -128,6 +135,13 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: Any, 
         raise
     prune_checkpoints(run_dir, keep_last)
     return final
+
+
+def _save_state(model: nn.Module, model_state: dict[str, torch.Tensor], path: Path) -> None:
+    """Save a gathered state dict with a tied tensor once, under the name `named_parameters` gives it."""
+    names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+    kept = {k: v.contiguous() for k, v in model_state.items() if k in names}
+    save_file(kept, str(path))
 
 
 def prune_checkpoints(run_dir: Path, keep_last: int) -> None:

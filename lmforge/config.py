@@ -338,6 +338,12 @@ class RuntimeConfig:
     """Data parallelism across torchrun processes."""
     num_threads: int = 0
     """CPU threads for torch; 0 leaves torch's default."""
+    timeout_s: int = 600
+    """Seconds a process waits in a collective (all-reduce, barrier) before the job fails instead of hanging."""
+
+    def __post_init__(self):
+        if self.timeout_s <= 0:
+            raise LmforgeError(f"config key 'runtime.timeout_s' = {self.timeout_s} must be > 0 (seconds)")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ class Task:
     eval_batches: Callable[[int], Iterable[dict[str, torch.Tensor]]] | None
     """max_batches (0: all) -> validation batches; None without a validation split."""
     bytes_per_token: float | None
+    frozen: tuple[str, ...] = ()
+    """Name prefixes of parameters the objective never runs: not trained, left out of DDP's reduction."""
 
 
 def causal_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: int = 1,
@@ -42,8 +44,14 @@ def causal_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: i
     batches = CausalLMBatches(train_src, seq_len, cfg.train.batch_size, cfg.train.seed)
     make_eval = None
     if val_src is not None:
-        make_eval = lambda n: eval_batches(val_src, seq_len, micro, n, rank, world)
+        make_eval = lambda n: eval_batches(val_src, seq_len, micro, _eval_count(cfg, n, world), rank, world)
     return Task(causal_lm_loss, batches, make_eval, bytes_per_token(val_src) if val_src else None)
+
+
+def _eval_count(cfg: RunConfig, max_batches: int, world: int) -> int:
+    """Evaluation batches of the per-process micro-batch that cover what `max_batches` covers on one
+    process, so validation sees the same sequences whatever the number of processes."""
+    return max_batches * (cfg.train.micro_batch(1) // cfg.train.micro_batch(world))
 
 
 def masked_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: int = 1,
@@ -63,8 +71,9 @@ def masked_lm_task(cfg: RunConfig, train_src: Any, val_src: Any | None, world: i
     if val_src is not None:
         val = MaskedLMBatches(val_src, specials, seq_len, micro, VAL_MASK_SEED, cfg.mlm, word_starts,
                               shuffle=False)
-        make_eval = lambda n: val.eval_batches(micro, n, rank, world)
-    return Task(masked_lm_loss, batches, make_eval, None)  # bits per byte mean nothing for masked tokens
+        make_eval = lambda n: val.eval_batches(micro, _eval_count(cfg, n, world), rank, world)
+    # bits per byte mean nothing for masked tokens; the [CLS] pooler belongs to fine-tuning
+    return Task(masked_lm_loss, batches, make_eval, None, frozen=("pooler.",))
 
 
 RNN_EVAL_STREAMS = 10
@@ -140,8 +149,13 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     out.mkdir(parents=True)
 
 
-def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False) -> Path:
-    """Train a model as `cfg` says into run folder `out`; `resume` continues its latest checkpoint."""
+def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False,
+             init_from: str | Path | None = None) -> Path:
+    """Train a model as `cfg` says into run folder `out`; `resume` continues its latest checkpoint.
+
+    `init_from` (a run folder or `hf:...`) starts a fresh run (step 0, new optimizer) from that run's
+    best weights and tokenizer; `cfg.model` must be its model (see `init_config`).
+    """
     from lmforge.models import build_model
     from lmforge.runtime import setup_runtime
     from lmforge.tokenizer import load_tokenizer
@@ -151,10 +165,15 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
     if is_classifier_config(cfg):
         raise LmforgeError(f"{out} is a fine-tuned classifier: continue it with `lmforge finetune --resume "
                            f"{out}`")
+    init_ckpt = None
     if resume:
         if not (out / "config.toml").is_file():
             raise LmforgeError(f"cannot resume {out}: it has no config.toml (start it without --resume)")
+        if init_from is not None:
+            raise LmforgeError("--init-from starts a new run: drop it when resuming (the weights are in RUN)")
         tok = load_tokenizer(out / "tokenizer")
+    elif init_from is not None:
+        cfg, tok, init_ckpt = _init_source(cfg, init_from)
     else:
         if not cfg.data.path:
             raise LmforgeError("config key 'data.path' is empty: pass --data SHARDS")
@@ -165,30 +184,113 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
     task = _task_for(cfg.model.kind)(cfg, train_src, val_src, runtime.world_size, runtime.rank)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model)
+    if init_ckpt is not None:
+        from lmforge.checkpoint import load_weights
+
+        load_weights(init_ckpt, model)
+    for name, p in model.named_parameters():
+        if name.startswith(task.frozen):
+            p.requires_grad_(False)
     if runtime.is_main:
         if not resume:
             _prepare_folder(out, overwrite)
             tok.save(out / "tokenizer")
+            if init_ckpt is not None:
+                from lmforge.atomic import write_json
+
+                write_json(out / INIT_FROM, {"run": str(init_from), "checkpoint": str(init_ckpt)})
         save_config(cfg, out / "config.toml")  # on resume, records --set changes (e.g. more steps)
     evaluate_fn = None
     if task.eval_batches is not None:
         from lmforge.evaluate import evaluate_lm
 
-        evaluate_fn = lambda m: evaluate_lm(m, task.objective, task.eval_batches(cfg.train.eval_batches),
-                                            runtime, task.bytes_per_token)
+        evaluate_fn = lambda m: evaluate_lm(
+            m, task.objective, runtime.even_batches(task.eval_batches(cfg.train.eval_batches)), runtime,
+            task.bytes_per_token)
     n_params = sum(p.numel() for p in model.parameters())  # a tied tensor counts once
     if runtime.is_main:
         print(f"lmforge: {cfg.model.kind} with {n_params / 1e6:.2f}M parameters on {runtime.device} "
               f"({cfg.runtime.precision}), {cfg.train.max_steps} steps of {cfg.train.batch_size} x "
               f"{cfg.seq_len()} tokens -> {out}")
-    result = train(model, task.objective, task.train_batches, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule,
-                   train_cfg=cfg.train, runtime=runtime, run_dir=out, evaluate_fn=evaluate_fn, resume=resume)
+    try:
+        result = train(model, task.objective, task.train_batches, optim_cfg=cfg.optim,
+                       schedule_cfg=cfg.schedule, train_cfg=cfg.train, runtime=runtime, run_dir=out,
+                       evaluate_fn=evaluate_fn, resume=resume)
+    finally:
+        runtime.close()
     if runtime.is_main:
         best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
         verb = "stopped by Ctrl-C at" if result.stopped == "interrupted" else "finished"
         hint = f"; continue with `lmforge pretrain --resume {out}`" if result.stopped == "interrupted" else ""
         print(f"lmforge: {verb} step {result.step}{best}; checkpoint {result.checkpoint}{hint}")
     return out
+
+
+INIT_FROM = "init_from.json"
+"""Written into a run started with `init_from`: the source run and checkpoint its weights came from."""
+
+MUTABLE_MODEL_KEYS = ("dropout", "attn_dropout")
+"""Model keys a run started from another run's weights may change; the others define those weights."""
+
+
+def init_config(init_from: str | Path, path: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The config of a run started from `init_from`'s weights: its config without data.path, then the
+    TOML `path` (a [model] section may only repeat it) and `--set` overrides on top."""
+    from lmforge.config import read_toml, resolve_preset, to_dict
+
+    source = _init_source_config(init_from)
+    raw = to_dict(source)
+    raw["data"]["path"] = ""
+    model_raw = read_toml(resolve_preset(str(path))).get("model", {}) if path is not None else {}
+    kinds = [model_raw.get("kind")] + [o.partition("=")[2].strip().strip("\"'") for o in overrides
+                                       if o.partition("=")[0].strip() == "model.kind"]
+    for kind in kinds:
+        if kind is not None and kind != source.model.kind:
+            raise LmforgeError(f"config key 'model.kind' = {kind!r} conflicts with {init_from}, a "
+                               f"{source.model.kind} run: --init-from takes its model as it is")
+    return load_config(RunConfig, path, overrides, base=raw)
+
+
+def _init_source_config(init_from: str | Path) -> RunConfig:
+    cfg = read_run_config(init_from)
+    if is_classifier_config(cfg):
+        raise LmforgeError(f"{init_from} is a fine-tuned classifier: --init-from takes a pretrained run "
+                           f"(e.g. its finetune.from_run {cfg.finetune.from_run})")
+    return cfg
+
+
+def _init_source(cfg: RunConfig, init_from: str | Path):
+    """(cfg with the source's model, the source's tokenizer, its best checkpoint), after the checks."""
+    from lmforge.checkpoint import find_checkpoint
+    from lmforge.interop import resolve_run
+    from lmforge.tokenizer import load_tokenizer
+
+    run_dir = resolve_run(init_from)
+    source = _init_source_config(run_dir).model
+    model = cfg.model
+    if model.kind != source.kind:
+        raise LmforgeError(f"config key 'model.kind' = {model.kind!r} conflicts with {init_from}, a "
+                           f"{source.kind} run: build the config with `init_config` (or drop [model])")
+    if model.vocab_size == 0:
+        model = dataclasses.replace(model, vocab_size=source.vocab_size)
+    for f in dataclasses.fields(source):
+        mine, theirs = getattr(model, f.name), getattr(source, f.name)
+        if f.name not in MUTABLE_MODEL_KEYS and mine != theirs:
+            raise LmforgeError(f"config key 'model.{f.name}' = {mine!r} conflicts with {init_from}'s "
+                               f"{theirs!r}, which its weights need: drop it from --config/--set (only "
+                               f"{', '.join('model.' + k for k in MUTABLE_MODEL_KEYS)} may change)")
+    ckpt = find_checkpoint(run_dir, "best")
+    tok = load_tokenizer(ckpt / "tokenizer" if (ckpt / "tokenizer").is_dir() else run_dir / "tokenizer")
+    if not cfg.data.path:
+        raise LmforgeError("config key 'data.path' is empty: pass --data SHARDS")
+    shards_tok = Path(cfg.data.path) / "tokenizer"
+    theirs = load_tokenizer(shards_tok).fingerprint if shards_tok.is_dir() else None
+    if theirs is not None and theirs != tok.fingerprint:
+        raise LmforgeError(f"shards in {cfg.data.path} were built with tokenizer {theirs}, {init_from} "
+                           f"expects {tok.fingerprint}: rebuild them with `lmforge shards build --tokenizer "
+                           f"{run_dir / 'tokenizer'}`")
+    return dataclasses.replace(cfg, model=model), tok, ckpt
 
 
 def read_run_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

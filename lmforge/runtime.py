@@ -1,16 +1,25 @@
-"""Where a model runs: device, precision, compile, and (later) data-parallel wrapping; rank info.
+"""Where a model runs: device, precision, compile, DDP/FSDP wrapping of a finished model; rank info.
 
 The loop talks to a `Runtime` instead of testing flags: `runtime.autocast()`, `runtime.wrap(model)`,
-`runtime.no_sync(model, last)`, `runtime.all_reduce_sum(x)`. With one process these are no-ops;
-a DDP/FSDP runtime fills them in without touching the loop. RANK/WORLD_SIZE/LOCAL_RANK are read from
-the environment so `torchrun` works.
+`runtime.no_sync(model, last)`, `runtime.all_reduce_sum(x)`, `runtime.full_state(model, optimizer)`.
+With one process these are no-ops; under `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK in the environment)
+`setup_runtime` joins the process group and `wrap` applies DDP or FSDP2, so neither the loop nor the
+models ever test `if ddp:`.
+
+Gradients are SUMMED across processes, not averaged: the loop already divides every loss by the
+target count of the whole step (all micro-batches, all processes), so the sum is the gradient of one
+big batch, whatever the number of processes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import datetime
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +35,9 @@ PEAK_FLOPS = {
 }
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+FAULT_ENV = "LMFORGE_TEST_FAULT"
+"""`RANK:STEP` makes that rank raise at that step: how the tests check that one failing process ends the job."""
 
 
 @dataclass
@@ -53,16 +65,36 @@ class Runtime:
         """A scaler that is a pass-through unless the run trains in fp16."""
         return torch.amp.GradScaler(self.device.type, enabled=self.cfg.precision == "fp16")
 
+    @property
+    def parallel(self) -> str:
+        return self.cfg.parallel
+
     def wrap(self, model: nn.Module) -> nn.Module:
-        """Move a finished model to the device and apply compile (and, later, DDP/FSDP) to it."""
+        """Move a finished model to the device, then apply DDP or FSDP2, then compile.
+
+        Parameters with `requires_grad=False` are left out of DDP's gradient reduction: that is how
+        a task says which parts its objective never runs (BERT's pooler in masked-LM pretraining).
+        """
         model = model.to(self.device)
+        if self.parallel == "ddp":
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # models hold only constant buffers (RoPE tables): nothing to broadcast on every forward
+            model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                        forward_sync_buffers=False)
+            model.register_comm_hook(None, _sum_hook)
+        elif self.parallel == "fsdp":
+            _fully_shard(model, self.amp_dtype)
         if self.cfg.compile:
             model = torch.compile(model)
         return model
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
-        """The plain module under compile/DDP/FSDP wrappers (what state_dict() must be taken from)."""
+        """The plain module under compile/DDP wrappers (what state_dict() must be taken from).
+
+        FSDP2 keeps the module itself (its parameters become shards): `full_state` gathers them.
+        """
         while True:
             inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
             if not isinstance(inner, nn.Module):
@@ -70,10 +102,70 @@ class Runtime:
             model = inner
 
     def no_sync(self, model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-        """Skip the gradient all-reduce on every micro-step but the last (`sync=False` skips)."""
-        if sync or self.world_size == 1 or not hasattr(model, "no_sync"):
+        """Skip the gradient reduction on every micro-step but the last (`sync=False` skips)."""
+        if sync or self.world_size == 1:
             return contextlib.nullcontext()
-        return model.no_sync()
+        if self.parallel == "fsdp":
+            return _fsdp_no_sync(self.unwrap(model))
+        return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+
+    def full_state(self, model: nn.Module, optimizer: Any) -> tuple[dict | None, dict | None]:
+        """(model, optimizer) state dicts gathered whole on rank 0 (CPU), under FSDP; else (None, None).
+
+        Every process must call it (it gathers the shards). The optimizer state comes back in the
+        format of `optimizer.state_dict()` (parameters numbered in group order), so a checkpoint
+        saved under FSDP resumes with any number of processes and any `runtime.parallel`.
+        """
+        if self.parallel != "fsdp":
+            return None, None
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        raw = self.unwrap(model)
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(raw, options=options)
+        optim_state = get_optimizer_state_dict(raw, optimizer, options=options)
+        if not self.is_main:
+            return None, None
+        return model_state, _numbered(optim_state, _param_names(raw, optimizer))
+
+    def load_optimizer_state(self, model: nn.Module, optimizer: Any, state: dict) -> None:
+        """Load a saved `optimizer.state_dict()` into an optimizer over the (possibly sharded) model."""
+        if self.parallel != "fsdp":
+            optimizer.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        raw = self.unwrap(model)
+        named = _named(state, _param_names(raw, optimizer))
+        set_optimizer_state_dict(raw, optimizer, named, options=StateDictOptions(full_state_dict=True))
+
+    def even_batches(self, batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+        """The same number of evaluation batches on every process (FSDP forwards are collective).
+
+        A process that runs out first repeats its last batch with no targets (labels all ignored),
+        which adds nothing to the sums the evaluation reduces.
+        """
+        if self.parallel != "fsdp" or self.world_size == 1:
+            yield from batches
+            return
+        it, last = iter(batches), None
+        while True:
+            batch = next(it, None)
+            more = torch.tensor(int(batch is not None), device=self.device)
+            torch.distributed.all_reduce(more, op=torch.distributed.ReduceOp.MAX)
+            if not more.item():
+                return
+            if batch is None:
+                if last is None:
+                    raise LmforgeError(f"the validation split gives fewer batches than {self.world_size} "
+                                       "processes: hold out more data or lower train.micro_batch_size")
+                batch = {**last, "labels": torch.full_like(last["labels"], -100)}
+            last = batch
+            yield batch
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
@@ -107,6 +199,70 @@ class Runtime:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        """Leave the process group (if this process joined one)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    def fault_point(self, step: int) -> None:
+        """Raise here when FAULT_ENV names this rank and step (tests of failure handling only)."""
+        fault = os.environ.get(FAULT_ENV)
+        if fault and fault == f"{self.rank}:{step}":
+            raise RuntimeError(f"{FAULT_ENV}: rank {self.rank} fails at step {step} as asked")
+
+
+def _sum_hook(state, bucket):  # no annotations: DDP checks them, and these would be strings
+    """DDP communication hook: all-reduce SUM (DDP's default divides by the world size)."""
+    work = torch.distributed.all_reduce(bucket.buffer(), async_op=True)
+    return work.get_future().then(lambda fut: fut.value()[0])
+
+
+def _fully_shard(model: nn.Module, amp_dtype: torch.dtype | None) -> None:
+    """FSDP2: one shard group per transformer block (every `blocks` list), then the root."""
+    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
+    for module in list(model.modules()):
+        if isinstance(getattr(module, "blocks", None), nn.ModuleList):
+            for block in module.blocks:
+                fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # a sum: see the module docstring
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: nn.Module) -> Iterator[None]:
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
+
+
+def _param_names(model: nn.Module, optimizer: Any) -> list[str]:
+    """Names of the optimizer's parameters in the numbering of `optimizer.state_dict()`."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+
+
+def _numbered(named_state: dict, names: list[str]) -> dict:
+    """A name-keyed optimizer state dict (torch.distributed.checkpoint) -> `optimizer.state_dict()` form."""
+    index = {n: i for i, n in enumerate(names)}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in named_state["param_groups"]]
+    return {"state": {index[n]: s for n, s in named_state["state"].items()}, "param_groups": groups}
+
+
+def _named(state: dict, names: list[str]) -> dict:
+    groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
+    return {"state": {names[int(i)]: s for i, s in state["state"].items()}, "param_groups": groups}
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -127,13 +283,26 @@ def resolve_device(name: str) -> torch.device:
 
 
 def setup_runtime(cfg: RuntimeConfig) -> Runtime:
-    """Pick the device and precision settings; read the process's rank from the environment."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    """Pick the device and precision settings; under torchrun, join the process group.
+
+    Several processes with `parallel="none"` train with DDP (a log line says so). Without torchrun a
+    `parallel` of ddp/fsdp runs as one plain process, so a run resumes anywhere.
+    """
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+    world_size = int(os.environ.get("WORLD_SIZE", "1")) if launched else 1
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if world_size > 1 or cfg.parallel != "none":
-        raise LmforgeError(f"runtime.parallel={cfg.parallel!r} with WORLD_SIZE={world_size}: data-parallel "
-                           "training is not available yet; run one process with runtime.parallel='none'")
+    parallel = cfg.parallel
+    if world_size > 1 and parallel == "none":
+        parallel = "ddp"
+        if rank == 0:
+            print(f"lmforge: {world_size} processes and runtime.parallel='none': training with DDP "
+                  "(set runtime.parallel=fsdp to shard parameters and optimizer state)", flush=True)
+    if not launched:
+        parallel, rank, local_rank = "none", 0, 0
     device = resolve_device(cfg.device)
+    if parallel != "none" and device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     if device.type == "cuda":
@@ -141,4 +310,11 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
         torch.backends.cudnn.allow_tf32 = cfg.tf32
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise LmforgeError("runtime.precision=bf16 but this GPU has no bfloat16: use runtime.precision=fp16")
-    return Runtime(cfg, device, rank, world_size, local_rank)
+    if parallel != "none" and not torch.distributed.is_initialized():
+        if parallel == "fsdp" and cfg.precision == "fp16":
+            raise LmforgeError("runtime.parallel=fsdp with runtime.precision=fp16 is not supported: "
+                               "use runtime.precision=bf16")
+        # a process that fails is noticed by torchrun, which ends the others; the timeout covers the rest
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                             timeout=datetime.timedelta(seconds=cfg.timeout_s))
+    return Runtime(dataclasses.replace(cfg, parallel=parallel), device, rank, world_size, local_rank)

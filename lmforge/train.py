@@ -133,19 +133,21 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     """
     run_dir = Path(run_dir)
     raw = model.to(runtime.device)
-    optimizer = build_optimizer(raw, optim_cfg, runtime.device.type)
     scaler = runtime.grad_scaler()
-    start, best, tokens_seen, lr_scale = 0, None, 0, 1.0
+    start, best, tokens_seen, lr_scale, state = 0, None, 0, 1.0, None
     if resume and list_checkpoints(run_dir):
-        base_lrs = [g["base_lr"] for g in optimizer.param_groups]
-        state = load_checkpoint(find_checkpoint(run_dir, "latest"), raw, optimizer, scaler)
-        for group, base_lr in zip(optimizer.param_groups, base_lrs):
-            group["base_lr"] = base_lr  # the config's lr wins over the saved one
+        state = load_checkpoint(find_checkpoint(run_dir, "latest"), raw, None, scaler)
         start, best, tokens_seen = state["step"], state.get("best_val_loss"), state.get("tokens", 0)
         lr_scale = state.get("lr_scale", 1.0)
         if "objective" in state and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(state["objective"])
-    model = runtime.wrap(raw)
+    model = runtime.wrap(raw)  # FSDP replaces the parameters by shards: the optimizer comes after
+    optimizer = build_optimizer(raw, optim_cfg, runtime.device.type)
+    if state is not None:
+        base_lrs = [g["base_lr"] for g in optimizer.param_groups]
+        runtime.load_optimizer_state(raw, optimizer, state["optimizer"])
+        for group, base_lr in zip(optimizer.param_groups, base_lrs):
+            group["base_lr"] = base_lr  # the config's lr wins over the saved one
     model.train()
     world, accum = runtime.world_size, train_cfg.grad_accum_steps(runtime.world_size)
     micro_batch = train_cfg.micro_batch(world)
@@ -161,10 +163,16 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     def save(done: int, extra: dict) -> Path:
         if bool(bad):
             raise _diverged(run_dir, done)
-        return save_checkpoint(run_dir, done, runtime.unwrap(model), optimizer, scaler,
-                               {"step": done, "tokens": tokens_seen, "val_loss": val_loss,
-                                "best_val_loss": best, "lr_scale": lr_scale, **extra},
-                               keep_last=train_cfg.keep_last)
+        model_state, optim_state = runtime.full_state(model, optimizer)  # every process gathers (FSDP)
+        path = None
+        if runtime.is_main:
+            path = save_checkpoint(run_dir, done, runtime.unwrap(model), optimizer, scaler,
+                                   {"step": done, "tokens": tokens_seen, "val_loss": val_loss,
+                                    "best_val_loss": best, "lr_scale": lr_scale, **extra},
+                                   keep_last=train_cfg.keep_last, model_state=model_state,
+                                   optimizer_state=optim_state)
+        runtime.barrier()  # nobody reads or resumes a checkpoint still being written
+        return path
 
     with _sigint_flag() as interrupted:
         try:
@@ -174,10 +182,14 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                 micro = [batches.get(step, m, runtime.rank, world, micro_batch) for m in range(accum)]
                 n_targets = runtime.sum_count(sum(count_targets(b) for b in micro))
                 n_tokens = runtime.sum_count(sum(b["input_ids"].numel() for b in micro))
+                runtime.fault_point(step)
                 loss_sum = _forward_backward(model, objective, micro, n_targets, runtime, scaler)
+                loss_sum = runtime.all_reduce_sum(loss_sum)  # the global loss: every process agrees on NaN
                 scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), train_cfg.grad_clip or math.inf,
                                                            foreach=runtime.device.type != "mps")
+                if hasattr(grad_norm, "full_tensor"):  # a DTensor when the gradients are FSDP shards
+                    grad_norm = grad_norm.full_tensor()
                 finite = torch.isfinite(loss_sum)
                 skipped = train_cfg.on_nan == "skip" and not finite
                 if skipped:
@@ -214,7 +226,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                 if _every(train_cfg.save_every, done, last) or interrupted.is_set():
                     # a stateful objective (the carried RNN state) is saved too; every process takes part
                     extra = {"objective": objective.state_dict()} if hasattr(objective, "state_dict") else {}
-                    checkpoint = save(done, extra) if runtime.is_main else checkpoint
+                    checkpoint = save(done, extra) or checkpoint
                     t_log = time.perf_counter()
                 val_loss = None
                 if interrupted.is_set():
