@@ -105,9 +105,16 @@ def cmd_shards_build(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from lmforge.config import RunConfig, load_config
-    from lmforge.run import pretrain, read_run_config
+    from lmforge.run import init_config, pretrain, read_run_config
 
     overrides = list(args.overrides) + ([f"data.path={args.data}"] if args.data else [])
+    if args.init_from:
+        if args.resume or not args.out or not args.data:
+            raise LmforgeError("--init-from RUN starts a new run: give --data SHARDS and --out NEW "
+                               "(not --resume)")
+        cfg = init_config(args.init_from, args.config, overrides)
+        pretrain(cfg, Path(args.out), overwrite=args.overwrite, init_from=args.init_from)
+        return 0
     if args.resume:
         run_dir = Path(args.resume if isinstance(args.resume, str) else args.out or "")
         if not str(run_dir):
@@ -155,7 +162,10 @@ def _register_train(sub) -> None:
     p.add_argument("--out", help="run folder to create")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN",
                    help="continue the run in RUN (or --out) from its latest checkpoint")
+    p.add_argument("--init-from", metavar="RUN",
+                   help="start a new run from RUN's weights, model and tokenizer (a run folder or hf:DIR)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    _add_nproc_arg(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run on token shards")
@@ -172,6 +182,11 @@ def _register_train(sub) -> None:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
     p.set_defaults(func=cmd_plot)
+
+
+def _add_nproc_arg(p) -> None:
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (starts torchrun; see runtime.parallel)")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -530,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "nproc", None) is not None:
+            from lmforge.launch import relaunch
+
+            return relaunch(args.nproc, sys.argv[1:] if argv is None else list(argv))
         return args.func(args)
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
