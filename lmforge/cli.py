@@ -165,6 +165,7 @@ def _register_train(sub) -> None:
     p.add_argument("--init-from", metavar="RUN",
                    help="start a new run from RUN's weights, model and tokenizer (a run folder or hf:DIR)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    _add_nproc_arg(p)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a run on token shards")
@@ -181,6 +182,11 @@ def _register_train(sub) -> None:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", required=True, help="image file (.png, .svg, .pdf)")
     p.set_defaults(func=cmd_plot)
+
+
+def _add_nproc_arg(p) -> None:
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train with N processes on this machine (starts torchrun; see runtime.parallel)")
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -539,6 +545,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "nproc", None) is not None:
+            from lmforge.launch import relaunch
+
+            return relaunch(args.nproc, sys.argv[1:] if argv is None else list(argv))
         return args.func(args)
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)

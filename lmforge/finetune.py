@@ -136,6 +136,8 @@ def finetune(cfg: FinetuneRunConfig, out: Path, resume: bool = False, overwrite:
     tr, optim, schedule = loop_sections(ft, len(train_data), progress)
     cfg = dataclasses.replace(cfg, train=tr, optim=optim, schedule=schedule,
                               runtime=dataclasses.replace(cfg.runtime, parallel="none"))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise LmforgeError("lmforge finetune runs as one process: start it without torchrun")
     runtime = setup_runtime(cfg.runtime)
     torch.manual_seed(ft.seed)
     model = build_classifier(cfg, len(labels))
