@@ -117,3 +117,32 @@ def test_nproc_refused_under_torchrun(monkeypatch):
         relaunch(2, ["pretrain"])
     with pytest.raises(LmforgeError, match="1 or more"):
         relaunch(0, ["pretrain"])
+
+
+def test_bert_masked_lm_ddp_reproduces_one_process(tmp_path):
+    """BERT's pooler is never run by masked-LM pretraining: DDP must not wait for its gradient."""
+    from conftest import make_english
+
+    from lmforge.config import ShardConfig, TokenizerConfig
+    from lmforge.corpus.store import write_file
+    from lmforge.data.shards import build_shards
+    from lmforge.tokenizer import train_tokenizer
+
+    (tmp_path / "corpus").mkdir()
+    docs = make_english(200, seed=2)
+    write_file(tmp_path / "corpus" / "train-00000.jsonl.zst", docs[:-20])
+    write_file(tmp_path / "corpus" / "val-00000.jsonl.zst", docs[-20:])
+    train_tokenizer(tmp_path / "corpus", tmp_path / "tok", TokenizerConfig(kind="wordpiece", vocab_size=300),
+                    progress=False)
+    build_shards(tmp_path / "corpus", tmp_path / "tok", tmp_path / "shards", ShardConfig(num_workers=1),
+                 progress=False)
+    bert = ["pretrain", "--config", "bert-tiny", "--data", tmp_path / "shards", *[
+        x for kv in ("model.n_layer=1", "model.d_model=32", "model.d_ff=64", "model.context_len=32",
+                     "data.seq_len=32", "train.batch_size=8", "train.max_steps=3", "train.log_every=1",
+                     "train.eval_every=3", "train.eval_batches=2", "train.save_every=3", "train.progress=false",
+                     "runtime.device=cpu", "model.dropout=0", "model.attn_dropout=0") for x in ("--set", kv)]]
+    _ok(_lmforge(0, *bert, "--out", tmp_path / "one"))
+    _ok(_lmforge(2, *bert, "--out", tmp_path / "two"))
+    (train1, val1), (train2, val2) = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    _same(train1, train2, [1, 2, 3])
+    _same(val1, val2, [3])
