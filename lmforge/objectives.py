@@ -36,13 +36,17 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
 def masked_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
     """Cross-entropy summed over the masked (labelled) positions; extras count the correct predictions.
 
-    All positions go through the loss with IGNORE labels rather than gathering the selected rows:
-    boolean indexing would make the host wait for the device on every micro-step.
+    With `mlm_positions` (B, P) in the batch (the masked-LM loader lists every labelled position there,
+    padded with position 0, whose label is IGNORE) the model runs its head at those positions only.
+    The positions come from the host at a fixed width P: boolean indexing on the device would make
+    the host wait for it on every micro-step. Without them every position goes through the head.
     """
-    logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"))  # (B, T, V)
-    labels = batch["labels"]  # (B, T)
+    positions = batch.get("mlm_positions")
+    extra = {} if positions is None else {"positions": positions}
+    logits = model(batch["input_ids"], attention_mask=batch.get("attention_mask"), **extra)  # (B, T|P, V)
+    labels = batch["labels"] if positions is None else batch["labels"].gather(1, positions)  # (B, T) or (B, P)
     loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-    selected = labels != IGNORE  # (B, T)
+    selected = labels != IGNORE
     correct = ((logits.detach().argmax(dim=-1) == labels) & selected).sum()
     return loss_sum, selected.sum(), {"correct": correct}
 

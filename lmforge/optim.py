@@ -91,12 +91,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu"
                     skip: frozenset[int] = frozenset()) -> torch.optim.Optimizer:
     """The optimizer named by `cfg.name`, over `param_groups(model, cfg)`.
 
-    Fused kernels on CUDA (one launch for all tensors), foreach (multi-tensor) elsewhere.
+    Fused kernels on CUDA (one launch for all tensors) and CPU (several times faster than foreach
+    there), foreach (multi-tensor) elsewhere.
     """
     if cfg.name == "muon":
         return _build_muon(model, cfg, device_type)
     groups = param_groups(model, cfg, skip)
-    fast = {"fused": True} if cfg.fused and device_type == "cuda" else {"foreach": True}
+    fast = {"fused": True} if cfg.fused and device_type in ("cuda", "cpu") else {"foreach": True}
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **fast)
     if cfg.name == "adam":

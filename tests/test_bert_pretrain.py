@@ -63,6 +63,26 @@ def test_masked_lm_loss_ignores_padding():
     torch.testing.assert_close(masked_lm_loss(model, batch)[0], masked_lm_loss(model, batch_padded)[0])
 
 
+def test_loss_at_loader_positions_equals_full_logits_loss():
+    """The head run at `mlm_positions` only gives the loss, gradients and counts of the full-logits head."""
+    specials = SpecialTokens(cls_id=2, sep_id=3, pad_id=0, mask_id=4, eot_id=1, vocab_size=50,
+                             special_ids=frozenset(range(5)))
+    batch = MaskedLMBatches(_Docs(), specials, 16, 6, seed=4, masking=MaskingConfig(mask_prob=0.3)).get(0)
+    assert batch["mlm_positions"].shape[1] < 16
+    results = []
+    for b in (batch, {k: v for k, v in batch.items() if k != "mlm_positions"}):
+        model = _tiny_bert()
+        loss_sum, n, extras = masked_lm_loss(model, b)
+        loss_sum.backward()
+        results.append((loss_sum.detach(), int(n), int(extras["correct"]),
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (gathered, n_g, c_g, grads_g), (full, n_f, c_f, grads_f) = results
+    assert n_g == n_f > 0 and c_g == c_f
+    torch.testing.assert_close(gathered, full)
+    for a, b in zip(grads_g, grads_f, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 class _Docs:
     """In-memory token source with documents (each ends with end-of-text id 1)."""
 

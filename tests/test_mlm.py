@@ -305,3 +305,24 @@ def test_whole_word_masking_with_a_wordpiece_tokenizer(wordpiece_shards):
             n_maskable += sum(i not in specials.special_ids for i in row)
     assert n_cjk > 1000
     assert abs(n_sel / n_maskable - 0.15) < 0.02
+
+
+@pytest.mark.parametrize("whole_word", [False, True])
+def test_mlm_positions_list_every_label_then_cls(whole_word):
+    """mlm_positions (b, P): each row's labelled positions in order, then 0 ([CLS], never labelled)."""
+    docs = random_docs(40, 5, 80, seed=3)
+    starts = (lambda ids: [i % 3 == 0 for i in ids]) if whole_word else None
+    loader = MaskedLMBatches(FakeShards(docs), SPECIALS, 32, 8, seed=1,
+                             masking=MaskingConfig(whole_word=whole_word), word_starts=starts)
+    widths = set()
+    for step in range(6):
+        batch = loader.get(step)
+        labels, pos = batch["labels"], batch["mlm_positions"]
+        widths.add(pos.shape[1])
+        assert pos.shape[1] % 8 == 0 and pos.shape[1] >= 5  # ceil(30 * 0.15)
+        for row, p in zip(labels.tolist(), pos.tolist()):
+            labelled = [t for t, y in enumerate(row) if y != IGNORE_INDEX]
+            assert p == labelled + [0] * (len(p) - len(labelled))
+        assert (labels[:, 0] == IGNORE_INDEX).all()
+    if not whole_word:
+        assert widths == {8}  # one shape for every batch

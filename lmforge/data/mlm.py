@@ -20,6 +20,7 @@ Dimension letters: b sequences in a micro-batch, T seq_len, S segments in the sp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -200,7 +201,8 @@ class MaskedLMBatches:
             micro_batch: int | None = None) -> dict[str, torch.Tensor]:
         """Micro-batch `micro` of process `rank`: slice (micro * world + rank) of the global batch of `step`.
 
-        Returns input_ids, attention_mask and labels, each (b, T) long.
+        Returns input_ids, attention_mask and labels, each (b, T) long, and mlm_positions (b, P) long:
+        the labelled positions, padded with 0.
         """
         b = micro_batch or self.batch_size // world
         index = micro * world + rank
@@ -231,7 +233,20 @@ class MaskedLMBatches:
         inputs, labels = mask_tokens(ids, mask_uniforms(self.seed, seq_ids, self.seq_len), self.masking,
                                      self.specials, word_start)
         return {"input_ids": torch.from_numpy(inputs), "attention_mask": torch.from_numpy(attention),
-                "labels": torch.from_numpy(labels)}
+                "labels": torch.from_numpy(labels), "mlm_positions": torch.from_numpy(self._positions(labels))}
+
+    def _positions(self, labels: np.ndarray) -> np.ndarray:
+        """(b, P) the labelled positions of each row, then 0 ([CLS], never labelled) up to a fixed P.
+
+        P is the single-token budget ceil((T - 2) * mask_prob) rounded up to a multiple of 8, so batches
+        keep one shape (no recompilation); a batch that needs more (long whole words) gets a wider P.
+        """
+        selected = labels != IGNORE_INDEX  # (b, T)
+        need = max(math.ceil((self.seq_len - 2) * self.masking.mask_prob), int(selected.sum(axis=1).max(initial=0)))
+        width = -(-need // 8) * 8
+        # a stable sort puts each row's labelled positions first, in order
+        order = np.argsort(~selected, axis=1, kind="stable")[:, :width]  # (b, P)
+        return np.where(np.take_along_axis(selected, order, axis=1), order, 0)
 
     def _segment_of(self, seq_ids: np.ndarray) -> np.ndarray:
         S = len(self.segments)

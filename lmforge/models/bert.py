@@ -116,10 +116,17 @@ class Bert(nn.Module):
         return self.ln_f(x) if self.ln_f is not None else x
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                token_type_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """MLM logits (B, T, V), or (B, P, V) at `positions` (B, P) only.
+
+        The head (dense, norm and the V-wide decoder) costs as much as the whole encoder of a small BERT
+        when run at every position; pretraining only needs it at the ~15% masked ones.
+        """
         h = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        if positions is not None:
+            h = h.gather(1, positions[:, :, None].expand(-1, -1, h.size(-1)))  # (B, P, C)
         h = self.head_norm(F.gelu(self.head_dense(h)))
-        return self.decoder(h)  # (B, T, V)
+        return self.decoder(h)  # (B, T, V) or (B, P, V)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """The [CLS] summary for classification: tanh(dense(hidden[:, 0])), (B, C)."""
