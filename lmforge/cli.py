@@ -43,7 +43,8 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
     from lmforge.corpus import build_corpus
 
     cfg = _section_config(CorpusConfig, "corpus", args)
-    build_corpus(args.input, Path(args.out), cfg, overwrite=args.overwrite, progress=not args.quiet)
+    build_corpus(args.input, Path(args.out), cfg, overwrite=args.overwrite, progress=not args.quiet,
+                 val_inputs=args.val_input or [], test_inputs=args.test_input or [])
     return 0
 
 
@@ -493,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = corpus_sub.add_parser("build", help="read, clean, dedup, scrub and split raw text")
     p.add_argument("--input", nargs="+", required=True, metavar="PATH",
                    help="files, folders, hf:NAME[:CONFIG]:SPLIT, or builtin:python-docs")
+    p.add_argument("--val-input", nargs="+", metavar="PATH",
+                   help="the validation split as given (instead of a random corpus.val_fraction)")
+    p.add_argument("--test-input", nargs="+", metavar="PATH", help="a test split, as given")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

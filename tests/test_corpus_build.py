@@ -122,3 +122,21 @@ def test_existing_output_refused_and_survives_failed_build(cli, tmp_path: Path, 
 def test_progress_bar_counts_documents(cli, tmp_path: Path, text_dir: Path) -> None:
     code, _, err = cli("corpus", "build", "--input", text_dir, "--out", tmp_path / "c")
     assert code == 0 and "docs" in err
+
+
+def test_given_val_and_test_inputs_are_kept_whole_and_decontaminate_train(cli, tmp_path: Path,
+                                                                          english_docs) -> None:
+    train, val, test = tmp_path / "train.txt", tmp_path / "valid.txt", tmp_path / "test.txt"
+    train.write_text("\n\n".join(english_docs[:150] + [english_docs[160]]) + "\n", encoding="utf-8")
+    val.write_text("\n\n".join(english_docs[150:160]) + "\n", encoding="utf-8")
+    test.write_text("\n\n".join(english_docs[160:170]) + "\n", encoding="utf-8")
+    out = tmp_path / "corpus"
+    code, stdout, err = cli("corpus", "build", "--input", train, "--val-input", val, "--test-input", test,
+                            "--out", out, "--quiet", "--set", "corpus.dedup_near=false")
+    assert code == 0, err
+    assert list(iter_corpus(out, "val")) == english_docs[150:160]  # in order, none moved to train
+    assert list(iter_corpus(out, "test")) == english_docs[160:170]
+    assert sorted(iter_corpus(out, "train")) == sorted(english_docs[:150])  # the test document is dropped
+    report = json.loads((out / "report.json").read_text())
+    assert report["stages"]["dedup_exact"]["documents_removed"] == 1
+    assert report["splits"]["test"]["documents"] == 10

@@ -49,9 +49,9 @@ def build_stages(cfg: CorpusConfig) -> list[Stage]:
 
 def run_stages(docs: Iterable[str], stages: list[Stage], counts: dict[str, dict[str, int]]) -> Iterator[str]:
     """Pass each document through the stages; `counts[stage.name]` collects what each one did."""
-    for stage in stages:
-        counts[stage.name] = dict.fromkeys(("documents_in", "documents_removed", "documents_changed",
-                                            "characters_in", "characters_out"), 0)
+    for stage in stages:  # counts add up over calls: held-out inputs and the main inputs share them
+        counts.setdefault(stage.name, dict.fromkeys(("documents_in", "documents_removed", "documents_changed",
+                                                     "characters_in", "characters_out"), 0))
     for text in docs:
         for stage in stages:
             c = counts[stage.name]
@@ -76,25 +76,37 @@ def _counted(docs: Iterable[str], totals: dict[str, int]) -> Iterator[str]:
 
 
 def build_corpus(inputs: list[str], out: Path, cfg: CorpusConfig, overwrite: bool = False,
-                 progress: bool = True) -> dict:
-    """Build a corpus folder from `inputs` (files, folders, hf:..., builtin:...); returns the report."""
+                 progress: bool = True, val_inputs: list[str] = (), test_inputs: list[str] = ()) -> dict:
+    """Build a corpus folder from `inputs` (files, folders, hf:..., builtin:...); returns the report.
+
+    `val_inputs` / `test_inputs` give held-out splits as they are (in order, no random split). They pass
+    the same stages first, so dedup then also drops training documents that repeat held-out ones.
+    """
     from tqdm.auto import tqdm
 
-    check_inputs(inputs)
+    held_out = {"val": list(val_inputs), "test": list(test_inputs)}
+    check_inputs([*inputs, *held_out["val"], *held_out["test"]])
     start = time.perf_counter()
     stages = build_stages(cfg)
     read, totals, counts = ReadStats(), {"documents": 0, "characters": 0}, {}
+    splits = ["train", "val"] + (["test"] if held_out["test"] else [])
+    val_fraction = 0.0 if held_out["val"] else cfg.val_fraction
     with output_dir(out, overwrite=overwrite) as tmp:
-        writers = {s: SplitWriter(tmp, s, cfg.format, cfg.docs_per_shard) for s in ("train", "val")}
+        writers = {s: SplitWriter(tmp, s, cfg.format, cfg.docs_per_shard) for s in splits}
         with tqdm(desc="corpus", unit=" docs", disable=not progress, file=sys.stderr, mininterval=0.5) as bar:
+            for split, sources in held_out.items():
+                raw = _counted(iter_inputs(sources, cfg, read), totals) if sources else ()
+                for text in run_stages(bar_iter(raw, bar), stages, counts):
+                    writers[split].add(text)
             raw = _counted(iter_inputs(inputs, cfg, read), totals)
             docs = shuffle(run_stages(bar_iter(raw, bar), stages, counts), cfg.shuffle_buffer, cfg.seed)
-            for split, text in assign_splits(docs, cfg.val_fraction, cfg.seed):
+            for split, text in assign_splits(docs, val_fraction, cfg.seed):
                 writers[split].add(text)
         for w in writers.values():
             w.close()
         _check_not_empty(inputs, totals, read, stages, counts)
-        report = _report(inputs, cfg, read, totals, stages, counts, writers, time.perf_counter() - start)
+        report = _report(inputs, held_out, cfg, read, totals, stages, counts, writers,
+                         time.perf_counter() - start)
         write_json(tmp / "report.json", report)
         write_text(tmp / "config.toml", dumps_toml({"corpus": to_dict(cfg)}))
     print(summary(report, out))
@@ -128,7 +140,7 @@ def _check_not_empty(inputs: list[str], totals: dict[str, int], read: ReadStats,
                                f"it: {_HINTS.get(stage.name, 'turn it off in the [corpus] config')}")
 
 
-def _report(inputs, cfg, read, totals, stages, counts, writers, seconds) -> dict:
+def _report(inputs, held_out, cfg, read, totals, stages, counts, writers, seconds) -> dict:
     stage_report = {}
     for stage in stages:
         c = dict(counts[stage.name])
@@ -136,6 +148,7 @@ def _report(inputs, cfg, read, totals, stages, counts, writers, seconds) -> dict
         stage_report[stage.name] = {**c, **stage.counts}
     return {
         "inputs": list(inputs),
+        "held_out_inputs": {k: v for k, v in held_out.items() if v},
         "files_read": read.files,
         "binary_files_skipped": len(read.binary_skipped),
         "binary_files_skipped_examples": read.binary_skipped[:10],
