@@ -4,7 +4,8 @@ Both models get the same architecture (BERT-mini: 4 layers x 256 wide x 4 heads,
 30,522, dropout 0.1), the same initial weights (lmforge's, copied into the HF model through the export
 key map), the same masked batches (lmforge's MaskedLMBatches over a synthetic Zipf-distributed token
 stream, generated once before timing), AdamW (fused: the `transformers.Trainer` default since torch 2.8)
-with gradient clipping at 1.0, fp32, and the same number of threads, in one process.
+with gradient clipping at 1.0, fp32, and the same number of threads, in one process (CPU by default,
+`--device cuda` on a GPU).
 
 Variants are timed interleaved (A B C A B C ...) so a busy machine slows them alike; each round runs
 `--warmup` untimed steps and then `--steps` timed steps per variant. The report gives the median
@@ -12,8 +13,8 @@ tokens/s of each variant and the per-round ratio to HF.
 
 - `hf`: BertForMaskedLM(input_ids, attention_mask, labels), its mean loss, backward, clip, step.
 - `lmforge`: lmforge's `masked_lm_loss` (head at the masked positions only), `build_optimizer`.
-- `lmforge-full`: the same with the MLM head over every position (the batch without `mlm_positions`)
-  and the attention mask always passed: what lmforge did before the speed work.
+- `lmforge-full`: the same with the MLM head over every position (the batch without `mlm_positions`),
+  to measure that lever alone.
 
     python bench/bench_mlm.py --rounds 3 --steps 5
     python bench/bench_mlm.py --variants hf,lmforge --padding   # documents of uneven length, padded
@@ -92,19 +93,19 @@ def hf_model(ours: torch.nn.Module, cfg: BertConfig) -> torch.nn.Module:
 class Trainer:
     """One variant: a model, its optimizer and a step function over host batches."""
 
-    def __init__(self, name: str, cfg: BertConfig, init: dict[str, torch.Tensor]) -> None:
+    def __init__(self, name: str, cfg: BertConfig, init: dict[str, torch.Tensor], device: torch.device) -> None:
         self.name = name
         ours = build_model(cfg)
         ours.load_state_dict(init)
         if name == "hf":
-            self.model = hf_model(ours, cfg)
+            self.model = hf_model(ours, cfg).to(device)
             decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
             rest = [p for n, p in self.model.named_parameters() if p.ndim < 2]
             groups = [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}]
             self.optimizer = torch.optim.AdamW(groups, lr=1e-4, eps=1e-6, fused=True)
         else:
-            self.model = ours
-            self.optimizer = build_optimizer(ours, OptimConfig(lr=1e-4, weight_decay=0.01, eps=1e-6))
+            self.model = ours.to(device)
+            self.optimizer = build_optimizer(ours, OptimConfig(lr=1e-4, weight_decay=0.01, eps=1e-6), device.type)
         self.model.train()
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -119,13 +120,12 @@ class Trainer:
         loss_sum, n_targets, _ = masked_lm_loss(self.model, batch)
         return loss_sum / n_targets
 
-    def step(self, batch: dict[str, torch.Tensor]) -> float:
+    def step(self, batch: dict[str, torch.Tensor]) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.optimizer.step()
-        return loss.item()
 
 
 def check_same_loss(trainers: list[Trainer], batch: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -154,6 +154,7 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--padding", action="store_true", help="uneven documents: most sequences padded")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args()
 
@@ -161,8 +162,10 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = bert_config(args)
     init = build_model(cfg).state_dict()
-    batches = make_batches(args)
-    trainers = [Trainer(name, cfg, init) for name in args.variants.split(",")]
+    device = torch.device(args.device)
+    batches = [{k: v.to(device) for k, v in b.items()} for b in make_batches(args)]
+    trainers = [Trainer(name, cfg, init, device) for name in args.variants.split(",")]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"threads={args.threads} batch={args.batch} seq_len={args.seq_len} layers={args.n_layer} "
           f"d_model={args.d_model} heads={args.n_head} vocab={cfg.vocab_size} padding={args.padding}")
     print("first-batch loss (eval mode):", check_same_loss(trainers, batches[0]))
@@ -172,9 +175,11 @@ def main() -> None:
         for t in trainers:
             for batch in batches[:args.warmup]:
                 t.step(batch)
+            sync()
             start = time.perf_counter()
             for batch in batches[args.warmup:]:
                 t.step(batch)
+            sync()
             rates[t.name].append(tokens * args.steps / (time.perf_counter() - start))
         print(f"round {r}: " + "  ".join(f"{k} {v[-1]:,.0f} tok/s" for k, v in rates.items()), flush=True)
     base = rates.get("hf")
