@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--train-examples", type=int, default=8000)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
+    p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--worker", choices=["hf", "lmforge"], help=argparse.SUPPRESS)
     p.add_argument("--hf", help=argparse.SUPPRESS)
