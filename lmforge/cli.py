@@ -452,6 +452,7 @@ def _register_finetune(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_config_args(p, "TOML file with a [finetune] section")
+    _add_nproc_arg(p)
     defaults = FinetuneConfig()
     for name in _FINETUNE_FLAGS:
         default = getattr(defaults, name)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from lmforge.errors import LmforgeError
+from lmforge.objectives import IGNORE
 from lmforge.runtime import Runtime
 
 
@@ -86,9 +87,19 @@ def classification_metrics(predicted: list[int] | torch.Tensor, gold: list[int] 
     confusion[i][j] counts examples of true class i predicted as j. A class never predicted has
     precision 0 (and never present: recall 0), as scikit-learn's zero_division=0.
     """
-    k = len(labels)
+    return metrics_from_confusion(confusion_matrix(predicted, gold, len(labels)), labels)
+
+
+def confusion_matrix(predicted: list[int] | torch.Tensor, gold: list[int] | torch.Tensor, k: int) -> torch.Tensor:
+    """(L, L) counts of true class i predicted as j; gold labels of IGNORE (-100) are left out."""
     p, g = torch.as_tensor(predicted, dtype=torch.long), torch.as_tensor(gold, dtype=torch.long)
-    confusion = torch.bincount(g * k + p, minlength=k * k).view(k, k)  # (L, L)
+    keep = g != IGNORE
+    return torch.bincount(g[keep] * k + p[keep], minlength=k * k).view(k, k)  # (L, L)
+
+
+def metrics_from_confusion(confusion: torch.Tensor, labels: list[str]) -> dict:
+    """`classification_metrics` from a confusion matrix: counts add up across processes, metrics do not."""
+    confusion = confusion.long().cpu()
     tp = confusion.diag().double()
     precision = tp / confusion.sum(0).clamp(min=1)
     recall = tp / confusion.sum(1).clamp(min=1)
@@ -105,21 +116,30 @@ def classification_metrics(predicted: list[int] | torch.Tensor, gold: list[int] 
 @torch.no_grad()
 def evaluate_classifier(model: nn.Module, objective, batches: Iterable[dict[str, torch.Tensor]],
                         runtime: Runtime, labels: list[str]) -> dict:
-    """Mean loss per example and `classification_metrics` over labeled `batches`."""
+    """Mean loss per example and `classification_metrics` over labeled `batches`.
+
+    Under several processes each one passes its own disjoint part of the data; the loss sum and the
+    confusion counts are summed over processes, so every process returns the metrics of the whole data
+    (the same as one process, and the same on every process: early stopping agrees everywhere).
+    Examples labelled IGNORE (the padding batches of `runtime.even_batches`) count for nothing.
+    """
     was_training = model.training
     model.eval()
-    total, predicted, gold = 0.0, [], []
+    k = len(labels)
+    # one float64 buffer, one all-reduce: [loss sum, confusion counts (exact below 2**53)]
+    totals = torch.zeros(1 + k * k, dtype=torch.float64, device=runtime.device)
     for batch in batches:
         with runtime.autocast():
             loss_sum, _, extras = objective(model, runtime.to_device(batch))
-        total += float(loss_sum)
-        predicted.append(extras["logits"].argmax(-1).cpu())
-        gold.append(batch["labels"])
+        totals[0] += loss_sum.double()
+        gold = batch["labels"].to(runtime.device)
+        totals[1:] += confusion_matrix(extras["logits"].argmax(-1), gold, k).flatten().to(totals)
     model.train(was_training)
-    if not predicted:
+    totals = runtime.all_reduce_sum(totals).cpu()
+    metrics = metrics_from_confusion(totals[1:].round().long().view(k, k), labels)
+    if not metrics["examples"]:
         raise LmforgeError("evaluation data holds no examples")
-    metrics = classification_metrics(torch.cat(predicted), torch.cat(gold), labels)
-    return {"loss": total / metrics["examples"], **metrics}
+    return {"loss": float(totals[0]) / metrics["examples"], **metrics}
 
 
 def format_confusion(metrics: dict) -> str:

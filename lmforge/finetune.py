@@ -40,19 +40,31 @@ def _say(msg: str) -> None:
     tqdm.write(f"lmforge: {msg}")
 
 
+def _silent(msg: str) -> None:
+    """`_say` of the processes other than rank 0."""
+
+
 # ----------------------------------------------------------------------------------------------------
 # Building the pieces
 
 
-def loop_sections(ft: FinetuneConfig, n_train: int, progress: bool = True
+def loop_sections(ft: FinetuneConfig, n_train: int, progress: bool = True, world: int = 1
                   ) -> tuple[TrainConfig, OptimConfig, ScheduleConfig]:
-    """The loop's sections for `ft` and a training set of `n_train` examples."""
-    batch = ft.per_device_train_batch_size
+    """The loop's sections for `ft`, a training set of `n_train` examples and `world` processes.
+
+    A step is per_device_train_batch_size examples whatever the number of processes (each takes its
+    share), so a run gives the same steps, and resumes exactly, on any number of processes.
+    """
+    batch, accum = ft.per_device_train_batch_size, ft.gradient_accumulation_steps
+    if batch % (accum * world):
+        raise LmforgeError(f"finetune.per_device_train_batch_size={batch} does not split into {world} "
+                           f"processes x {accum} gradient_accumulation_steps: make it a multiple of "
+                           f"{accum * world}")
     steps_per_epoch = max(1, math.ceil(n_train / batch))
     max_steps = ft.max_steps or max(1, math.ceil(ft.num_train_epochs * steps_per_epoch))
     eval_every = ft.eval_steps or steps_per_epoch
     train = TrainConfig(max_steps=max_steps, batch_size=batch,
-                        micro_batch_size=batch // ft.gradient_accumulation_steps, grad_clip=ft.max_grad_norm,
+                        micro_batch_size=batch // (accum * world), grad_clip=ft.max_grad_norm,
                         seed=ft.seed, log_every=ft.logging_steps, eval_every=eval_every, eval_batches=0,
                         save_every=eval_every, keep_last=ft.save_total_limit, progress=progress)
     optim = OptimConfig(name="adamw", lr=ft.learning_rate, weight_decay=ft.weight_decay, betas=(0.9, 0.999))
@@ -87,12 +99,12 @@ def _read(path: str, ft: FinetuneConfig, need_labels: bool = True):
     return read_labeled(path, ft.text_column, ft.label_column, ft.text_pair_column, ft.header, need_labels)
 
 
-def _encode(data, tok, cfg: FinetuneRunConfig, labels: list[str] | None, name: str):
+def _encode(data, tok, cfg: FinetuneRunConfig, labels: list[str] | None, name: str, say=_say):
     from lmforge.data.labeled import encode_examples, label_ids
 
     enc = encode_examples(tok, data.texts, data.pairs, cfg.model.kind, max_length_of(cfg))
     cut = f"; truncated {enc.truncated} to {max_length_of(cfg)} tokens" if enc.truncated else ""
-    _say(data.describe() + cut)
+    say(data.describe() + cut)
     ids = label_ids(data, labels) if labels is not None and data.labels is not None else None
     if not len(data):
         raise LmforgeError(f"{data.path} ({name}) holds no examples")
@@ -110,80 +122,134 @@ def _balanced_weights(ids: np.ndarray, k: int) -> torch.Tensor:
 
 def finetune(cfg: FinetuneRunConfig, out: Path, resume: bool = False, overwrite: bool = False,
              progress: bool = True) -> dict[str, Any]:
-    """Fine-tune `cfg.finetune.from_run` as `cfg` says into run folder `out`; return the final metrics."""
-    from lmforge.atomic import write_json
-    from lmforge.checkpoint import find_checkpoint, load_weights
-    from lmforge.config import save_config
-    from lmforge.data.labeled import LabeledBatches, StopTraining, build_label_map, eval_batches
-    from lmforge.evaluate import evaluate_classifier
-    from lmforge.objectives import classification_loss
-    from lmforge.run import _prepare_folder
-    from lmforge.runtime import setup_runtime
-    from lmforge.train import train
+    """Fine-tune `cfg.finetune.from_run` as `cfg` says into run folder `out`; return the final metrics.
 
-    out, ft = Path(out), cfg.finetune
+    Under torchrun every process runs this: they split each step's batch and the dev/test sets, and
+    only rank 0 writes files and prints.
+    """
+    from lmforge.runtime import setup_runtime
+
+    ft = cfg.finetune
     if not ft.train_file or not ft.dev_file:
         raise LmforgeError("finetune needs --train FILE and --dev FILE (finetune.train_file, "
                            "finetune.dev_file)")
+    runtime = setup_runtime(cfg.runtime)
+    try:
+        return _finetune(cfg, Path(out), runtime, resume, overwrite, progress)
+    finally:
+        runtime.close()
+
+
+def _finetune(cfg: FinetuneRunConfig, out: Path, runtime, resume: bool, overwrite: bool,
+              progress: bool) -> dict[str, Any]:
+    from lmforge.checkpoint import find_checkpoint, load_weights
+    from lmforge.data.labeled import LabeledBatches, StopTraining, build_label_map
+    from lmforge.evaluate import evaluate_classifier
+    from lmforge.objectives import classification_loss
+    from lmforge.train import train
+
+    ft, say = cfg.finetune, _say if runtime.is_main else _silent
     tok = _load_tokenizer(Path(out if resume else ft.from_run), resume)
     train_data = _read(ft.train_file, ft)
-    if resume:
-        labels = json.loads((out / LABEL_MAP).read_text())["labels"]
-    else:
-        labels = build_label_map(train_data)
-    train_enc, train_ids = _encode(train_data, tok, cfg, labels, "train")
-    dev_enc, dev_ids = _encode(_read(ft.dev_file, ft), tok, cfg, labels, "dev")
-    tr, optim, schedule = loop_sections(ft, len(train_data), progress)
-    cfg = dataclasses.replace(cfg, train=tr, optim=optim, schedule=schedule,
-                              runtime=dataclasses.replace(cfg.runtime, parallel="none"))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise LmforgeError("lmforge finetune runs as one process: start it without torchrun")
-    runtime = setup_runtime(cfg.runtime)
+    labels = json.loads((out / LABEL_MAP).read_text())["labels"] if resume else build_label_map(train_data)
+    train_enc, train_ids = _encode(train_data, tok, cfg, labels, "train", say)
+    dev = _encode(_read(ft.dev_file, ft), tok, cfg, labels, "dev", say)
+    test = _encode(_read(ft.test_file, ft), tok, cfg, labels, "test", say) if ft.test_file else None
+    for split in (dev, test) if test else (dev,):
+        _check_eval_split(split[0], ft, runtime)
+    tr, optim, schedule = loop_sections(ft, len(train_data), progress, runtime.world_size)
+    cfg = dataclasses.replace(cfg, train=tr, optim=optim, schedule=schedule)
     torch.manual_seed(ft.seed)
     model = build_classifier(cfg, len(labels))
     if not resume:
-        ckpt = find_checkpoint(Path(ft.from_run), ft.from_checkpoint)
-        load_weights(ckpt, model.backbone)
-        _prepare_folder(out, overwrite)
-        tok.save(out / "tokenizer")
-        write_json(out / LABEL_MAP, label_map_json(labels, train_data.columns))
-        _link_logging_dir(out, ft.logging_dir)
-    save_config(cfg, out / "config.toml")
+        load_weights(find_checkpoint(Path(ft.from_run), ft.from_checkpoint), model.backbone)
+    freeze_unused(model)
+    if runtime.is_main:
+        _write_folder(cfg, out, tok, labels, train_data.columns, resume, overwrite)
+    runtime.barrier()  # the other processes read the folder (its checkpoints) only once it is ready
     weights = _balanced_weights(train_ids, len(labels)) if ft.class_weights == "balanced" else None
     objective = functools.partial(classification_loss, class_weights=weights)
     bert = cfg.model.kind == "bert"
     batches = LabeledBatches(train_enc, train_ids, tr.batch_size, ft.seed, tok.pad_id, bert)
-    evaluate_fn = _make_evaluate(ft, dev_enc, dev_ids, labels, tok.pad_id, bert, objective, runtime, batches,
-                                 out)
+    evaluate_fn = _make_evaluate(ft, dev, labels, tok.pad_id, bert, objective, runtime, batches, out, say)
     n_params = sum(p.numel() for p in model.parameters())
-    _say(f"{cfg.model.kind} classifier, {len(labels)} labels, {n_params / 1e6:.2f}M parameters on "
-         f"{runtime.device}: {tr.max_steps} steps of {tr.batch_size} examples ({len(train_data)} train "
-         f"examples) -> {out}")
+    over = f" over {runtime.world_size} processes" if runtime.world_size > 1 else ""
+    say(f"{cfg.model.kind} classifier, {len(labels)} labels, {n_params / 1e6:.2f}M parameters on "
+        f"{runtime.device}: {tr.max_steps} steps of {tr.batch_size} examples{over} ({len(train_data)} train "
+        f"examples) -> {out}")
     stopped = "done"
     try:
         result = train(model, objective, batches, optim_cfg=optim, schedule_cfg=schedule, train_cfg=tr,
                        runtime=runtime, run_dir=out, evaluate_fn=evaluate_fn, resume=resume)
         stopped = result.stopped
-    except StopTraining as e:
+    except StopTraining as e:  # raised on every process at the same step: the metrics it read agree
         stopped = "early_stopping"
-        _say(str(e))
+        say(str(e))
     if stopped == "interrupted":
-        _say(f"stopped by Ctrl-C; continue with `lmforge finetune --resume {out}`")
+        say(f"stopped by Ctrl-C; continue with `lmforge finetune --resume {out}`")
         return {}
     best = find_checkpoint(out, "best")
+    if runtime.parallel == "fsdp":  # the trained model is sharded: evaluate a plain copy of the best
+        model = build_classifier(cfg, len(labels)).to(runtime.device)
     load_weights(best, model, runtime.device)
     results = {"checkpoint": best.name, "stopped": stopped}
-    results["dev"] = evaluate_classifier(model, objective, eval_batches(
-        dev_enc, dev_ids, ft.per_device_eval_batch_size, tok.pad_id, bert), runtime, labels)
-    _report("dev", results["dev"])
-    if ft.test_file:
-        test_enc, test_ids = _encode(_read(ft.test_file, ft), tok, cfg, labels, "test")
-        results["test"] = evaluate_classifier(model, objective, eval_batches(
-            test_enc, test_ids, ft.per_device_eval_batch_size, tok.pad_id, bert), runtime, labels)
-        _report("test", results["test"])
-    write_json(out / RESULTS, results)
-    _say(f"best checkpoint {best.name}; metrics in {out / RESULTS}")
+    for name, (enc, ids) in (("dev", dev), ("test", test)) if test else (("dev", dev),):
+        batches_ = _eval_batches(enc, ids, ft, tok.pad_id, bert, runtime)
+        results[name] = evaluate_classifier(model, objective, batches_, runtime, labels)
+        _report(name, results[name], say)
+    if runtime.is_main:
+        from lmforge.atomic import write_json
+
+        write_json(out / RESULTS, results)
+    say(f"best checkpoint {best.name}; metrics in {out / RESULTS}")
     return results
+
+
+def _write_folder(cfg: FinetuneRunConfig, out: Path, tok, labels: list[str], columns: dict[str, str],
+                  resume: bool, overwrite: bool) -> None:
+    """The run folder's tokenizer, label map and config (rank 0 only)."""
+    from lmforge.atomic import write_json
+    from lmforge.config import save_config
+    from lmforge.run import _prepare_folder
+
+    if not resume:
+        _prepare_folder(out, overwrite)
+        tok.save(out / "tokenizer")
+        write_json(out / LABEL_MAP, label_map_json(labels, columns))
+        _link_logging_dir(out, cfg.finetune.logging_dir)
+    save_config(cfg, out / "config.toml")
+
+
+LM_HEADS = {"gpt": ("lm_head.",), "bert": ("head_dense.", "head_norm.", "decoder."), "rnn": ("decoder.",)}
+"""Backbone parameters of the LM head, which classification never runs. A head weight tied to the
+embedding is named (and trained) as the embedding, so only the head's own parameters match."""
+
+
+def freeze_unused(model: nn.Module) -> None:
+    """requires_grad=False on what the classifier never runs (the LM head; BERT's pooler unless pooling
+    is cls): DDP must not wait for gradients that never come, and the optimizer leaves them out."""
+    unused = LM_HEADS.get(model.kind, ())
+    if model.kind == "bert" and model.pooling != "cls":
+        unused += ("pooler.",)
+    for name, p in model.backbone.named_parameters():
+        if name.startswith(unused):
+            p.requires_grad_(False)
+
+
+def _eval_batches(enc, ids, ft: FinetuneConfig, pad_id: int, bert: bool, runtime):
+    """This process's share of a labeled split's batches (as many on every process under FSDP)."""
+    from lmforge.data.labeled import eval_batches
+
+    return runtime.even_batches(eval_batches(enc, ids, ft.per_device_eval_batch_size, pad_id, bert,
+                                             runtime.rank, runtime.world_size))
+
+
+def _check_eval_split(enc, ft: FinetuneConfig, runtime) -> None:
+    n_batches = math.ceil(len(enc.ids) / ft.per_device_eval_batch_size)
+    if runtime.parallel == "fsdp" and n_batches < runtime.world_size:
+        raise LmforgeError(f"{len(enc.ids)} evaluation examples make {n_batches} batches of "
+                           f"finetune.per_device_eval_batch_size={ft.per_device_eval_batch_size}, fewer than "
+                           f"the {runtime.world_size} processes FSDP needs busy: lower it")
 
 
 def _load_tokenizer(run: Path, resume: bool):
@@ -212,25 +278,29 @@ def _link_logging_dir(out: Path, logging_dir: str) -> None:
     os.symlink(target, out / "tensorboard", target_is_directory=True)
 
 
-def _make_evaluate(ft: FinetuneConfig, enc, ids, labels, pad_id, bert, objective, runtime, batches, out):
-    """evaluate_fn for the loop: dev metrics, the select_loss of the chosen metric, early stopping."""
+def _make_evaluate(ft: FinetuneConfig, dev, labels, pad_id, bert, objective, runtime, batches, out, say):
+    """evaluate_fn for the loop: dev metrics, the select_loss of the chosen metric, early stopping.
+
+    The metrics are reduced over all processes, so each process takes the same early-stopping decision.
+    """
     from lmforge.checkpoint import list_checkpoints, read_meta
-    from lmforge.data.labeled import eval_batches
     from lmforge.evaluate import evaluate_classifier
 
     seen = [read_meta(c).get("val_loss") for c in list_checkpoints(out)]
     state = {"best": min((s for s in seen if s is not None), default=None), "waited": 0}
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        batches_ = eval_batches(enc, ids, ft.per_device_eval_batch_size, pad_id, bert)
-        m = evaluate_classifier(model, objective, batches_, runtime, labels)
+        # DDP's wrapper is left out (forwards without gradients need no reduction, and the processes may
+        # run different numbers of batches); FSDP's stays: its forwards gather the shards
+        batches_ = _eval_batches(*dev, ft, pad_id, bert, runtime)
+        m = evaluate_classifier(runtime.unwrap(model), objective, batches_, runtime, labels)
         metric = ft.metric_for_best_model
         select = m["loss"] if metric == "loss" else -m[metric]
         if state["best"] is None or select < state["best"]:
             state["best"], state["waited"] = select, 0
         else:
             state["waited"] += 1
-        _say(f"dev loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
+        say(f"dev loss {m['loss']:.4f}, accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
         if ft.early_stopping_patience and state["waited"] >= ft.early_stopping_patience:
             batches.stop = (f"early stopping: dev {metric} did not improve in {state['waited']} evaluations")
         return {"loss": m["loss"], "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
@@ -239,11 +309,11 @@ def _make_evaluate(ft: FinetuneConfig, enc, ids, labels, pad_id, bert, objective
     return evaluate
 
 
-def _report(name: str, m: dict) -> None:
+def _report(name: str, m: dict, say=_say) -> None:
     from lmforge.evaluate import format_confusion
 
     per = "; ".join(f"{lab}: P {v['precision']:.3f} R {v['recall']:.3f}" for lab, v in m["per_class"].items())
-    _say(f"{name}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f} "
+    say(f"{name}: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}, loss {m['loss']:.4f} "
          f"({m['examples']} examples); {per}\n{format_confusion(m)}")
 
 

@@ -337,8 +337,13 @@ class LabeledBatches:
         return collate(self.enc, self.indices(step)[k * b:(k + 1) * b], self.labels, self.pad_id, self.bert)
 
 
-def eval_batches(enc: Encoded, labels: np.ndarray | None, batch_size: int, pad_id: int, bert: bool):
-    """Every example once, in file order (sorted batches would pad less, but the order is the output's)."""
-    for start in range(0, len(enc.ids), batch_size):
+def eval_batches(enc: Encoded, labels: np.ndarray | None, batch_size: int, pad_id: int, bert: bool,
+                 rank: int = 0, world: int = 1):
+    """Every example once, in file order (sorted batches would pad less, but the order is the output's).
+
+    Process `rank` of `world` takes batches rank, rank + world, ...: the processes cover the data
+    once between them, in the very batches one process would make.
+    """
+    for start in range(rank * batch_size, len(enc.ids), world * batch_size):
         index = np.arange(start, min(start + batch_size, len(enc.ids)))
         yield collate(enc, index, labels, pad_id, bert)
