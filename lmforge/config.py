@@ -402,7 +402,7 @@ class FinetuneConfig:
     max_steps: int = 0
     """Optimizer steps; 0 derives them from num_train_epochs and the training set size."""
     per_device_train_batch_size: int = 32
-    """Examples per optimizer step (one process)."""
+    """Examples per optimizer step, split over the processes: the same steps on any number of processes."""
     per_device_eval_batch_size: int = 64
     gradient_accumulation_steps: int = 1
     """Micro-batches per optimizer step (per_device_train_batch_size is split into this many)."""
