@@ -175,3 +175,19 @@ def test_classifier_leaves_out_the_lm_heads():
         model(ids).sum().backward()
         for name, p in model.named_parameters():  # exactly the parameters the forward never reaches
             assert (p.grad is not None) == p.requires_grad, (kind, pooling, name)
+
+
+def test_fsdp_needs_an_eval_batch_on_every_process():
+    from types import SimpleNamespace
+
+    from lmforge.config import FinetuneConfig
+    from lmforge.data.labeled import Encoded
+    from lmforge.errors import LmforgeError
+    from lmforge.finetune import _check_eval_split
+
+    enc = Encoded([torch.zeros(3)] * 20, torch.zeros(20), 0)
+    ft = FinetuneConfig(per_device_eval_batch_size=8)  # 3 batches
+    _check_eval_split(enc, ft, SimpleNamespace(parallel="ddp", world_size=4))  # DDP evaluates unevenly
+    _check_eval_split(enc, ft, SimpleNamespace(parallel="fsdp", world_size=3))
+    with pytest.raises(LmforgeError, match="20 evaluation examples make 3 batches of finetune.per_device_eval"):
+        _check_eval_split(enc, ft, SimpleNamespace(parallel="fsdp", world_size=4))
