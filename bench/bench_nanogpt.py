@@ -94,16 +94,19 @@ def _timed(cmd: list[str], cwd: Path, log: Path, evals_of) -> tuple[float, dict[
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     seen: dict[int, float] = {}
     t0 = time.perf_counter()
-    with open(log.with_suffix(".out"), "w") as out:
+    # the console output goes beside the run folder: lmforge's --overwrite replaces the folder itself
+    console = log.parent.with_suffix(".console.txt")
+    with open(console, "w") as out:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None:
             time.sleep(0.1)
-            if log.is_file():
-                for step, _ in evals_of(log.read_text()):
+            source = log if log.is_file() else console
+            if source.is_file():
+                for step, _ in evals_of(source.read_text()):
                     seen.setdefault(step, time.perf_counter() - t0)
     wall = time.perf_counter() - t0
     if proc.returncode:
-        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}); see {log.with_suffix('.out')}")
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}); see {console}")
     return wall, seen
 
 
@@ -138,9 +141,8 @@ def run_nanogpt(work: Path, out: Path, extra: list[str]) -> dict:
     cmd = [PYTHON, "train.py", *NANOGPT_FLAGS, f"--out_dir={out}", *extra]
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    log = out / "stdout.out"
-    wall, seen = _timed(cmd, work / "nanogpt", log, _nanogpt_evals)
-    text = log.read_text()
+    wall, seen = _timed(cmd, work / "nanogpt", out / "stdout", _nanogpt_evals)
+    text = out.with_suffix(".console.txt").read_text()
     # iteration i is the (i+1)-th update; its time includes the evaluation nanoGPT runs before it
     per_step = {int(m[1]) + 1: float(m[2]) / 1000 for m in ITER.finditer(text)}
     return {"wall_s": wall, "per_step_s": per_step, "evals": _nanogpt_evals(text), "seen_s": seen}
