@@ -46,19 +46,27 @@ def read_file(path: Path) -> Iterator[str]:
         for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
             yield from batch.column(0).to_pylist()
         return
-    if name.endswith(".zst"):
+    with open_jsonl(path) as f:
+        for lineno, line in enumerate(f, 1):
+            yield parse_record(line, path, lineno)
+
+
+def open_jsonl(path: Path) -> io.BufferedIOBase:
+    """The decompressed bytes of a jsonl.zst / jsonl.gz corpus file, one record per line."""
+    if path.name.endswith(".zst"):
         import zstandard
 
-        raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"))
-    else:
-        raw = gzip.open(path, "rb")
-    with io.TextIOWrapper(raw, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            try:
-                yield json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise LmforgeError(f"{path}:{lineno}: not a corpus record ({{\"text\": ...}}): "
-                                   "rebuild the corpus with `lmforge corpus build`") from None
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(path.open("rb")), 1 << 20)
+    return gzip.open(path, "rb")
+
+
+def parse_record(line: bytes | str, path: Path | str, lineno: int) -> str:
+    """The text of one jsonl corpus line; a line that is not a record names the file and line."""
+    try:
+        return json.loads(line)["text"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise LmforgeError(f"{path}:{lineno}: not a corpus record ({{\"text\": ...}}): "
+                           "rebuild the corpus with `lmforge corpus build`") from None
 
 
 def write_file(path: Path, texts: Iterable[str], fmt: str = "jsonl.zst") -> int:

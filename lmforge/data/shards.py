@@ -130,8 +130,19 @@ def _init_worker(tokenizer_dir: str) -> None:
     _WORKER_TOK = load_tokenizer(Path(tokenizer_dir))
 
 
-def _encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    """(tokens with an eot after each document, per-document lengths, UTF-8 bytes of the texts)."""
+def _encode_batch(job: tuple[str | None, int, bytes | list[str]]) -> tuple[np.ndarray, np.ndarray, int]:
+    """(tokens with an eot after each document, per-document lengths, UTF-8 bytes of the texts).
+
+    `job` is (file, first line number, raw jsonl lines) or (None, 0, texts): the worker, not the main
+    process, decodes and parses the records, so the main process only decompresses and writes.
+    """
+    from lmforge.corpus.store import parse_record
+
+    path, first, payload = job
+    if path is None:
+        texts = payload
+    else:
+        texts = [parse_record(line, path, first + i) for i, line in enumerate(payload.splitlines())]
     tok = _WORKER_TOK
     rows = tok.encode_batch(texts)
     lengths = np.fromiter((len(r) + 1 for r in rows), dtype=np.int64, count=len(rows))
@@ -143,20 +154,26 @@ def _encode_batch(texts: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
     return np.array(flat, dtype=np.uint32), lengths, n_bytes
 
 
-def _batches(corpus_dir: Path, split: str, batch_docs: int) -> Iterator[list[str]]:
-    from lmforge.corpus import iter_corpus
+def _batches(corpus_dir: Path, split: str, batch_docs: int) -> Iterator[tuple]:
+    """Jobs of `batch_docs` documents in corpus order: raw lines of jsonl files, texts of parquet ones."""
+    from itertools import islice
 
-    batch = []
-    for text in iter_corpus(corpus_dir, split):
-        batch.append(text)
-        if len(batch) >= batch_docs:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    from lmforge.corpus.store import open_jsonl, read_file, split_files
+
+    for path in split_files(corpus_dir, split):
+        if path.name.endswith(".parquet"):
+            texts = read_file(path)
+            while batch := list(islice(texts, batch_docs)):
+                yield None, 0, batch
+            continue
+        with open_jsonl(path) as f:
+            lineno = 1
+            while lines := list(islice(f, batch_docs)):  # lines split at C speed, left unparsed
+                yield str(path), lineno, b"".join(lines)
+                lineno += len(lines)
 
 
-def _ordered_map(pool, batches: Iterator[list[str]], depth: int) -> Iterator[tuple]:
+def _ordered_map(pool, batches: Iterator[tuple], depth: int) -> Iterator[tuple]:
     """pool.imap, but with at most `depth` batches in flight, so memory stays constant."""
     pending: deque = deque()
     for batch in batches:
