@@ -10,12 +10,13 @@
 #
 # Usage: bench/bert_wikitext2.sh [DATA_DIR] [WORK_DIR] [MAX_STEPS] [VOCAB]
 #   DATA_DIR holds train.txt and valid.txt (raw WikiText-2, one paragraph per line);
-#   default ../shared/data/wikitext-2. MAX_STEPS defaults to 600, VOCAB to 8192.
+#   default ../shared/data/wikitext-2. MAX_STEPS defaults to 200 (about 13 minutes on a busy 2-core CPU),
+#   VOCAB to 8192.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/wikitext-2}
 WORK=${2:-bench/_work/bert-wikitext2}
-STEPS=${3:-600}
+STEPS=${3:-200}
 VOCAB=${4:-8192}
 mkdir -p "$WORK"
 
