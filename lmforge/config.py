@@ -286,6 +286,10 @@ class ScheduleConfig:
 class TrainConfig:
     max_steps: int = 1000
     """Optimizer updates."""
+    max_minutes: float = 0.0
+    """Wall-clock budget of one `pretrain`/`finetune` invocation in minutes (0 = off). The run stops after
+    the first step past it, saves a checkpoint and evaluates as at the end. The lr schedule still follows
+    max_steps, so set max_steps to about the steps that fit."""
     batch_size: int = 32
     """Sequences per optimizer step, summed over micro-batches and processes."""
     micro_batch_size: int = 0
@@ -309,6 +313,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.max_steps > 0, "train.max_steps", "must be positive")
+        _check(self.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0 turns the budget off)")
         _check(self.batch_size > 0, "train.batch_size", "must be positive")
 
     def grad_accum_steps(self, world_size: int = 1) -> int:

@@ -220,7 +220,8 @@ def pretrain(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = 
         runtime.close()
     if runtime.is_main:
         best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
-        verb = "stopped by Ctrl-C at" if result.stopped == "interrupted" else "finished"
+        verb = {"interrupted": "stopped by Ctrl-C at", "time": "stopped by train.max_minutes at"}.get(
+            result.stopped, "finished")
         hint = f"; continue with `lmforge pretrain --resume {out}`" if result.stopped == "interrupted" else ""
         print(f"lmforge: {verb} step {result.step}{best}; checkpoint {result.checkpoint}{hint}")
     return out

@@ -47,7 +47,8 @@ class TrainResult:
     step: int
     """Optimizer steps completed."""
     stopped: str
-    """'done', or 'interrupted' (Ctrl-C: saved, resumable)."""
+    """'done', 'time' (past `train.max_minutes`: saved and evaluated), or 'interrupted' (Ctrl-C: saved,
+    resumable)."""
     checkpoint: Path | None
     best_val_loss: float | None
 
@@ -203,6 +204,8 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                 tokens_seen += n_tokens
                 tokens_since_log += n_tokens
                 bar.update(1)
+                if not last and _past_budget(train_cfg.max_minutes, t_start, runtime):
+                    last, stopped = True, "time"  # this step ends the run: log, evaluate, save as at the end
                 if (_every(train_cfg.log_every, done, last) or interrupted.is_set()) and not skipped:
                     loss = loss_sum.item() / max(n_targets, 1)
                     if bool(bad):
@@ -232,11 +235,21 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                 if interrupted.is_set():
                     stopped = "interrupted"
                     break
+                if stopped == "time":
+                    break
         finally:
             bar.close()
             log.close()
     return TrainResult(step=done, stopped=stopped,
                        checkpoint=checkpoint, best_val_loss=best)
+
+
+def _past_budget(max_minutes: float, t_start: float, runtime: Runtime) -> bool:
+    """Whether this invocation's wall time has passed the budget; every process agrees (rank 0's clock)."""
+    if max_minutes <= 0:
+        return False
+    over = time.perf_counter() - t_start > 60 * max_minutes
+    return runtime.sum_count(int(over) if runtime.rank == 0 else 0) > 0  # a clock skew must not split ranks
 
 
 def _forward_backward(model: nn.Module, objective: Objective, micro: list[dict[str, torch.Tensor]],

@@ -138,6 +138,28 @@ def test_ctrl_c_finishes_the_step_and_saves(tmp_path):
     assert records[-1]["step"] == 5
 
 
+def test_time_budget_stops_saves_and_evaluates(tmp_path, monkeypatch):
+    clock = [0.0]  # a fake wall clock in seconds, so a loaded machine cannot change where the run stops
+    monkeypatch.setattr("lmforge.train.time.perf_counter", lambda: clock[0])
+
+    def slow(model, batch, calls=[0]):  # noqa: B006
+        calls[0] += 1
+        clock[0] += 70.0 if calls[0] == 3 else 1.0  # step 3 ends past the one-minute budget
+        return causal_lm_loss(model, batch)
+
+    result, records = _train(tmp_path, steps=50, objective=slow, save_every=0, eval_every=0,
+                             log_every=10, max_minutes=1.0)
+    assert result.stopped == "time" and result.step == 3
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["step-000003"]
+    assert [r["step"] for r in records if "val_loss" in r] == [3]
+    assert [r["step"] for r in records if "loss" in r] == [3]
+
+
+def test_time_budget_must_not_be_negative():
+    with pytest.raises(LmforgeError, match="train.max_minutes"):
+        TrainConfig(max_minutes=-1)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs_on_cpu(tmp_path, precision):
     runtime = setup_runtime(RuntimeConfig(device="cpu", precision=precision))

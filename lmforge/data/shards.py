@@ -37,7 +37,7 @@ HEADER_SIZE = 128
 _HEADER = struct.Struct("<8sIIQQ16sII")
 DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
 MANIFEST = "manifest.json"
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")  # test only when the corpus has one (corpus build --test-input)
 
 
 def dtype_code(vocab_size: int) -> int:
