@@ -128,6 +128,21 @@ def test_parallel_output_equals_serial(tmp_path, corpus):
         assert ids[-1] == tok.eot_id and tok.decode(ids[:-1]) == texts[i]
 
 
+def test_test_split_is_encoded_when_the_corpus_has_one(tmp_path, corpus):
+    tok_dir = tmp_path / "tok"
+    tok = train_tokenizer(corpus, tok_dir, TokenizerConfig(kind="char", vocab_size=300), progress=False)
+    build_shards(corpus, tok_dir, tmp_path / "s0", ShardConfig(num_workers=1), progress=False)
+    with pytest.raises(LmforgeError, match="no 'test' split"):
+        TokenShards.open(tmp_path / "s0", "test")
+    held_out = ["a test document", "another one"]
+    write_file(corpus / "test-00000.jsonl.zst", held_out)
+    build_shards(corpus, tok_dir, tmp_path / "s1", ShardConfig(num_workers=1), progress=False)
+    test = TokenShards.open(tmp_path / "s1", "test", expect_fingerprint=tok.fingerprint)
+    offsets = test.doc_offsets()
+    assert [tok.decode(test.tokens(int(a), int(b) - 1)) for a, b in zip(offsets[:-1], offsets[1:])] == held_out
+    assert test.text_bytes == sum(len(t.encode()) for t in held_out)
+
+
 @pytest.mark.parametrize("kind,vocab", [("bpe", 500), ("unigram", 600), ("char", 300), ("wordpiece", 300),
                                         ("word", 200)])
 def test_cli_end_to_end(tmp_path, corpus, cli, kind, vocab):
