@@ -252,17 +252,17 @@ def together(args: argparse.Namespace) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"  # nanoGPT's torch reads it; lmforge's presets set num_threads
     one = ["--set", "runtime.num_threads=1"]
     with ThreadPoolExecutor(3) as pool:
-        fa = pool.submit(run_lmforge, work, "gpt-shakespeare-char", work / f"lmforge-recipe-{r}", one)
-        fb = pool.submit(run_nanogpt, work, work / f"nanogpt-recipe-{r}", ["--eval_interval=100"])
-        fs = pool.submit(run_lmforge, work, args.preset, work / f"lmforge-speedrun-{r}", one)
+        fa = pool.submit(run_lmforge, work, "gpt-shakespeare-char", work / f"together-lmforge-recipe-{r}", one)
+        fb = pool.submit(run_nanogpt, work, work / f"together-nanogpt-recipe-{r}", ["--eval_interval=100"])
+        fs = pool.submit(run_lmforge, work, args.preset, work / f"together-lmforge-speedrun-{r}", one)
         a, b, sp = fa.result(), fb.result(), fs.result()
     step_s, step_b = _first_at_or_below(sp["evals"], args.target), _first_at_or_below(b["evals"], args.target)
     row = {"lmforge_tok_s": steady_tokens_per_s(a["per_step_s"], tokens),
            "nanogpt_tok_s": steady_tokens_per_s(b["per_step_s"], tokens, skip_every=100),
            "lmforge_wall_s": a["wall_s"], "nanogpt_wall_s": b["wall_s"],
            "lmforge_val_own": a["evals"][-1][1], "nanogpt_val_own": b["evals"][-1][1],
-           "lmforge_val_full": lmforge_full_val(work, work / f"lmforge-recipe-{r}"),
-           "nanogpt_val_full": nanogpt_full_val(work, work / f"nanogpt-recipe-{r}"),
+           "lmforge_val_full": lmforge_full_val(work, work / f"together-lmforge-recipe-{r}"),
+           "nanogpt_val_full": nanogpt_full_val(work, work / f"together-nanogpt-recipe-{r}"),
            "speedrun_step": step_s, "speedrun_s_to_target": sp["seen_s"].get(step_s),
            "speedrun_wall_s": sp["wall_s"], "speedrun_evals": sp["evals"],
            "nanogpt_step_to_target": step_b, "nanogpt_s_to_target": b["seen_s"].get(step_b),
@@ -281,13 +281,14 @@ def _summary(rows: list[dict], path: Path) -> None:
 
 
 GPU_COMMANDS = """\
-# GPT-2 small (124M) on OpenWebText-style GPT-2 BPE shards, bf16, torch.compile, one GPU.
-# lmforge (MFU is logged in RUN/metrics.jsonl):
-python -m lmforge pretrain --config gpt2-small --data SHARDS --out runs/gpt2-small \\
-    --set runtime.device=cuda --set runtime.precision=bf16 --set runtime.compile=true \\
-    --set train.max_steps=200 --set train.log_every=10 --set train.eval_every=0
-# nanoGPT, same model and batch (tokens/step = 12 x 1024 x 40):
-python train.py --dataset=openwebtext --compile=True --dtype=bfloat16 --max_iters=200 --eval_interval=1000
+# GPT-2 small (124M), bf16 autocast, torch.compile, one CUDA GPU; the same model and batch on both sides
+# (12 x 1024 tokens per micro-batch, 40 micro-batches per step, no biases as nanoGPT's default).
+# lmforge: SHARDS = any corpus encoded with GPT-2's BPE (`lmforge shards build`); MFU is in metrics.jsonl
+python -m lmforge pretrain --config gpt2-small --data SHARDS --out runs/gpt2-small-bench --overwrite \\
+    --set model.bias=false --set train.micro_batch_size=12 --set train.max_steps=100 \\
+    --set train.log_every=10 --set train.eval_every=0 --set train.save_every=0
+# nanoGPT (in its checkout, after data/openwebtext/prepare.py); it prints mfu per iteration
+python train.py config/train_gpt2.py --max_iters=100 --eval_interval=100000 --log_interval=10
 """
 
 
