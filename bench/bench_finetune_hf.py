@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,8 +54,14 @@ def read_tsv(path: Path) -> tuple[list[str], list[int]]:
 def run_hf(a: argparse.Namespace) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import (AutoTokenizer, BertForSequenceClassification, DataCollatorWithPadding, Trainer,
-                              TrainerCallback, TrainingArguments)
+    from transformers import (
+        AutoTokenizer,
+        BertForSequenceClassification,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     torch.manual_seed(a.seed)
     tok = AutoTokenizer.from_pretrained(a.hf)
@@ -146,6 +153,18 @@ def main() -> None:
     hf_dir = export_hf(a.run, tmp / "hf")
     train, dev = write_subset(a.data, tmp, a.train_examples, 128, a.seed)
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "TOKENIZERS_PARALLELISM": "false"}
+    try:
+        rows = measure(a, tmp, hf_dir, train, dev, env)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for i, name in ((2, "steady"), (3, "whole-process")):
+        ours = np.median([x[i] for x in rows if x[0] == "lmforge"])
+        theirs = np.median([x[i] for x in rows if x[0] == "hf"])
+        print(f"{name}: lmforge {ours:.1f} ex/s, HF Trainer {theirs:.1f} ex/s, ratio {ours / theirs:.2f}")
+
+
+def measure(a: argparse.Namespace, tmp: Path, hf_dir: Path, train: Path, dev: Path, env: dict) -> list[tuple]:
+    """Alternate the two sides, each in a fresh process: (side, round, steady, whole-process, wall s)."""
     rows = []
     for r in range(a.rounds):
         for side in ("lmforge", "hf"):
@@ -161,10 +180,7 @@ def main() -> None:
             rows.append((side, r, steady(res, a.skip, a.steps, a.batch), a.steps * a.batch / wall, wall))
             print(f"{side:8s} round {r}: steady {rows[-1][2]:7.1f} ex/s, whole process {rows[-1][3]:6.1f} ex/s "
                   f"({wall:.1f} s)" + (f", optim {res['optim']}" if "optim" in res else ""), flush=True)
-    for i, name in ((2, "steady"), (3, "whole-process")):
-        ours = np.median([x[i] for x in rows if x[0] == "lmforge"])
-        theirs = np.median([x[i] for x in rows if x[0] == "hf"])
-        print(f"{name}: lmforge {ours:.1f} ex/s, HF Trainer {theirs:.1f} ex/s, ratio {ours / theirs:.2f}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@
 #
 # Usage: bench/chnsenticorp_domain.sh [DATA_DIR] [WORK_DIR] [PRETRAIN_STEPS] [FINETUNE_STEPS] [MODEL]
 #   DATA_DIR holds train.tsv and dev.tsv (default ../shared/data/chnsenticorp); PRETRAIN_STEPS of
-#   32 x 128 tokens (default 300, about 1.2 epochs of the texts), FINETUNE_STEPS of 32 reviews cut to
+#   32 x 128 tokens (default 400, about 1.6 epochs of the texts), FINETUNE_STEPS of 32 reviews cut to
 #   128 tokens (default 300, 1 epoch); MODEL a BERT preset (default bert-tiny). LR (environment) is
 #   the fine-tuning peak lr, 5e-4 by default. Stages whose output exists are reused. Results:
 #   WORK_DIR/results.tsv, wall times in WORK_DIR/wall.txt. One thread per process unless
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/chnsenticorp}
 WORK=${2:-bench/_work/ft-chnsenticorp}
-PRE_STEPS=${3:-300}
+PRE_STEPS=${3:-400}
 FT_STEPS=${4:-300}
 MODEL=${5:-bert-tiny}
 LR=${LR:-5e-4}
