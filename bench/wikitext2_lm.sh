@@ -22,7 +22,8 @@
 #
 # Usage: bench/wikitext2_lm.sh [DATA_DIR] [WORK_DIR] [MINUTES]
 #   DATA_DIR holds train.txt, valid.txt, test.txt (raw WikiText-2 tokens); default
-#   ../shared/data/wikitext-2. MINUTES is the wall-clock budget of each run (default 15).
+#   ../shared/data/wikitext-2. MINUTES is the wall-clock budget of each run (default 15); with another
+#   budget set GPT_STEPS (environment) to about the GPT steps that fit: its cosine schedule follows them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/wikitext-2}
@@ -81,6 +82,19 @@ done
 wait
 python - "$WORK" <<'PY'
 import json, sys
+
+import numpy as np
+
+from lmforge.data import TokenShards
+
+# The floor of "learned only word frequencies": a unigram model of train.txt, add-one smoothed.
+train = TokenShards.open(f"{sys.argv[1]}/shards", "train")
+vocab = json.load(open(f"{sys.argv[1]}/shards/manifest.json"))["vocab_size"]
+counts = np.bincount(train.tokens(0, train.num_tokens), minlength=vocab) + 1.0
+logp = np.log(counts / counts.sum())
+for split in ("val", "test"):
+    held = TokenShards.open(f"{sys.argv[1]}/shards", split)
+    print(f"unigram: {split} ppl {np.exp(-logp[held.tokens(0, held.num_tokens)].mean()):.1f}")
 for run in ("lstm", "gpt"):
     rows = [json.loads(l) for l in open(f"{sys.argv[1]}/{run}/metrics.jsonl")]
     last = [r for r in rows if "loss" in r][-1]
