@@ -15,10 +15,11 @@
 #   DATA_DIR holds wikitext-2/ and sst2/ (default ../shared/data); PRETRAIN_STEPS of 32 x 128 tokens
 #   for BERT (default 720, about 1.1 epochs of WikiText-2), FINETUNE_STEPS of 32 examples (default
 #   1000, about 0.48 epoch of SST-2 train); MODEL a BERT preset (default bert-tiny; the GPT gets its
-#   depth, width and heads). Environment: GPT_STEPS, the GPT's pretraining steps (default 300: its LM
-#   head and softmax run at every position, BERT's only at the ~15% masked ones, so a GPT step costs
-#   about 2.4x as much and 300 steps take about the wall time of BERT's 720); LR, the fine-tuning peak
-#   lr (default 5e-4); KINDS, the families to run (default `bert gpt`). Stages whose output exists are
+#   depth, width and heads). Environment: GPT_STEPS, the GPT's pretraining steps (default 300, the
+#   run reported; its LM head and softmax run at every position, BERT's only at the ~15% masked ones, so
+#   a GPT step costs about 1.5x a BERT step and 480 would match BERT's wall time); LR, the fine-tuning peak
+#   lr (default 5e-4); KINDS, the families to run (default `bert gpt`); SUBSET=N also fine-tunes on a
+#   seeded sample of N train rows for SUBSET_STEPS steps (default 300), the few-labels regime. Stages whose output exists are
 #   reused; delete WORK_DIR to start over. Results: WORK_DIR/results.tsv, wall times WORK_DIR/wall.txt.
 #
 # One thread per process unless OMP_NUM_THREADS says otherwise: on a small machine shared with other
@@ -32,6 +33,7 @@ FT_STEPS=${4:-1000}
 MODEL=${5:-bert-tiny}
 LR=${LR:-5e-4}
 GPT_STEPS=${GPT_STEPS:-300}
+SUBSET_STEPS=${SUBSET_STEPS:-300}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK"
 stamp() { date +%s; }
@@ -114,11 +116,35 @@ finetune() {  # run
   echo "sst2-$1 $(( $(stamp) - t ))" >> "$WORK/wall.txt"
 }
 
+# --- optional: few labels (SUBSET=2000 fine-tunes on a seeded sample of that many train rows) ---------
+finetune_subset() {  # run
+  local out="$WORK/sst2-$SUBSET-$1" t
+  [ -f "$out/eval_results.json" ] && return
+  if [ ! -f "$WORK/sst2-$SUBSET.tsv" ]; then
+    python -c "
+import sys, numpy as np
+rows = open(sys.argv[1], encoding='utf-8').read().splitlines()
+pick = np.random.default_rng(0).permutation(len(rows) - 1)[:int(sys.argv[2])] + 1
+open(sys.argv[3], 'w', encoding='utf-8').write('\\n'.join([rows[0]] + [rows[i] for i in pick]) + '\\n')
+" "$DATA/sst2/train.tsv" "$SUBSET" "$WORK/sst2-$SUBSET.tsv"
+  fi
+  t=$(stamp)
+  lmforge finetune --from "$WORK/$1" --train "$WORK/sst2-$SUBSET.tsv" --dev "$DATA/sst2/dev.tsv" --out "$out" \
+    --overwrite --quiet --max_steps "$SUBSET_STEPS" --per_device_train_batch_size 32 --learning_rate "$LR" \
+    --warmup_steps $((SUBSET_STEPS / 10)) --weight_decay 0.01 --eval_steps "$SUBSET_STEPS" --logging_steps 50 \
+    --seed 42
+  echo "sst2-$SUBSET-$1 $(( $(stamp) - t ))" >> "$WORK/wall.txt"
+}
+
 for kind in ${KINDS:-bert gpt}; do  # KINDS=bert runs one family
   pretrain $kind
   scratch $kind
   finetune $kind-pre
   finetune $kind-scratch
+  if [ -n "${SUBSET:-}" ]; then
+    finetune_subset $kind-pre
+    finetune_subset $kind-scratch
+  fi
 done
 
 python - "$WORK" <<'PY'
@@ -128,14 +154,13 @@ from pathlib import Path
 
 work = Path(sys.argv[1])
 rows = ["run\tdev_accuracy\tdev_macro_f1\tpretrain_val_loss"]
-for run in ("bert-pre", "bert-scratch", "gpt-pre", "gpt-scratch"):
-    res = work / f"sst2-{run}" / "eval_results.json"
-    if not res.is_file():
-        continue
+for res in sorted(work.glob("sst2-*/eval_results.json")):
+    run = res.parent.name.removeprefix("sst2-")
     dev = json.loads(res.read_text())["dev"]
     val = ""
     if run.endswith("-pre"):
-        lines = [json.loads(x) for x in (work / run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        pre = work / run.split("-", 1)[-1] if run[0].isdigit() else work / run
+        lines = [json.loads(x) for x in (pre / "metrics.jsonl").read_text().splitlines() if x.strip()]
         val = next((f"{x['val_loss']:.3f}" for x in reversed(lines) if "val_loss" in x), "")
     rows.append(f"{run}\t{dev['accuracy']:.4f}\t{dev['macro_f1']:.4f}\t{val}")
 (work / "results.tsv").write_text("\n".join(rows) + "\n")
