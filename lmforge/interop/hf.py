@@ -12,6 +12,9 @@ condition under which the row exists ("bias", "untied", "swiglu", "types"), or i
 | gpt, pos=rope, norm=rmsnorm, mlp=swiglu                    | LlamaForCausalLM                  |
 | bert, pre_norm=false                                      | BertForMaskedLM                   |
 
+Fine-tuned classifiers map to the same families' *ForSequenceClassification, both ways: the backbone's
+rows under `backbone.` (no LM head) plus the classification head, id2label <-> label_map.json.
+
 Anything else has no exact HF equivalent and is refused with the option named: an export that
 silently changed the model's function would be worse than none.
 
@@ -175,6 +178,36 @@ def classifier_key_map(family: str, cfg: GPTConfig | BertConfig) -> list[Row]:
     return base + CLASSIFIER_HEADS[family]
 
 
+def is_classifier(hf_cfg: dict[str, Any]) -> bool:
+    """Whether a config.json describes a *ForSequenceClassification checkpoint."""
+    return any(str(a).endswith("ForSequenceClassification") for a in hf_cfg.get("architectures") or ())
+
+
+def classifier_labels(hf_cfg: dict[str, Any], num_rows: int, source: str) -> list[str]:
+    """The label names in id order, from id2label (HF's LABEL_i when absent), checked against the head."""
+    if hf_cfg.get("problem_type") not in (None, "single_label_classification"):
+        raise LmforgeError(f"{source}: config.json has problem_type = {_toml(hf_cfg['problem_type'])}: lmforge "
+                           "classifiers pick one label per text (single_label_classification): import "
+                           "is not possible")
+    if num_rows < 2:
+        raise LmforgeError(f"{source}: the classification head has {num_rows} output(s): lmforge classifiers "
+                           "need at least 2 labels (regression heads cannot be imported)")
+    raw = hf_cfg.get("id2label") or {str(i): f"LABEL_{i}" for i in range(num_rows)}
+    try:
+        by_id = {int(k): str(v) for k, v in raw.items()}
+    except (AttributeError, ValueError):
+        raise LmforgeError(f"{source}: config.json id2label must map label ids (\"0\", \"1\", ...) to "
+                           "names") from None
+    if sorted(by_id) != list(range(num_rows)):
+        raise LmforgeError(f"{source}: config.json id2label has ids {sorted(by_id)} but the classification "
+                           f"head has {num_rows} outputs: give one name for each id 0..{num_rows - 1}")
+    labels = [by_id[i] for i in range(num_rows)]
+    if len(set(labels)) != len(labels):
+        raise LmforgeError(f"{source}: config.json id2label repeats a label name ({labels}): make the "
+                           "names unique")
+    return labels
+
+
 def classifier_arch(family: str) -> str:
     return FAMILIES[family]["lm"].replace("LMHeadModel", "ForSequenceClassification").replace(
         "ForCausalLM", "ForSequenceClassification").replace("ForMaskedLM", "ForSequenceClassification")
@@ -202,19 +235,19 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: GPTConfig | BertConfig,
 
 
 def from_hf_state(tensors: dict[str, torch.Tensor], cfg: GPTConfig | BertConfig, family: str,
-                  source: str) -> dict[str, torch.Tensor]:
-    """HF tensors -> lmforge state dict; missing tensors are named in the error."""
+                  source: str, rows: list[Row] | None = None, arch: str = "") -> dict[str, torch.Tensor]:
+    """HF tensors -> lmforge state dict (by `rows`, default the LM's); missing tensors are named."""
     tensors = _normalise_names(tensors, family)
     state: dict[str, torch.Tensor] = {}
     fused: dict[str, list[torch.Tensor | None]] = {}
-    for hf, ours, how, _ in key_map(family, cfg):
-        if ours == "token_type_embeddings.weight" and cfg.type_vocab_size == 0:
+    for hf, ours, how, _ in rows if rows is not None else key_map(family, cfg):
+        if ours.endswith("token_type_embeddings.weight") and cfg.type_vocab_size == 0:
             continue
         if hf not in tensors:
             if ours.endswith(OPTIONAL_ON_IMPORT):
                 continue
             raise LmforgeError(f"{source}: tensor {hf!r} is missing; is this a complete "
-                               f"{FAMILIES[family]['lm']} checkpoint?")
+                               f"{arch or FAMILIES[family]['lm']} checkpoint?")
         t = tensors[hf]
         if how == "T":
             state[ours] = t.t().contiguous()
@@ -243,9 +276,10 @@ def _normalise_names(tensors: dict[str, torch.Tensor], family: str) -> dict[str,
     return out
 
 
-def unused_tensors(tensors: dict[str, torch.Tensor], cfg: GPTConfig | BertConfig, family: str) -> list[str]:
-    """HF tensors that no row of the key map reads (and that are not known buffers)."""
-    known = {r[0] for r in key_map(family, cfg)}
+def unused_tensors(tensors: dict[str, torch.Tensor], cfg: GPTConfig | BertConfig, family: str,
+                   rows: list[Row] | None = None) -> list[str]:
+    """HF tensors that no row of the key map (`rows`, default the LM's) reads, known buffers aside."""
+    known = {r[0] for r in (rows if rows is not None else key_map(family, cfg))}
     names = _normalise_names(tensors, family)
     return sorted(n for n in names if n not in known and not n.endswith(IGNORED_SUFFIXES))
 

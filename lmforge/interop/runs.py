@@ -1,4 +1,5 @@
-"""Export lmforge runs as HF folders; import HF folders (or Hub names) as lmforge run folders.
+"""Export lmforge runs as HF folders; import HF folders (or Hub names) as lmforge run folders
+(*ForSequenceClassification folders as fine-tuned runs).
 
 An exported folder loads with `AutoTokenizer` / `AutoModelFor*.from_pretrained` and nothing else. An
 imported run has the layout `lmforge pretrain` writes (config.toml, tokenizer/, checkpoints/step-000000/),
@@ -14,6 +15,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -102,42 +104,101 @@ def _check_covered(state: dict[str, torch.Tensor], cfg, family: str) -> None:
 
 
 def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: bool = False) -> Path:
-    """Turn HF folder `src` (or `hf:NAME` from the Hub) into lmforge run folder `out`; returns `out`."""
-    from lmforge.config import replace
+    """Turn HF folder `src` (or `hf:NAME` from the Hub) into lmforge run folder `out`; returns `out`.
+
+    A *ForSequenceClassification folder becomes a fine-tuned run (what `lmforge finetune` writes:
+    [finetune] in config.toml, label_map.json from id2label); anything else a pretrained run.
+    """
     from lmforge.models import build_model
 
-    folder, out = _source_folder(str(src)), Path(out)
-    source = str(src)
+    folder, out, source = _source_folder(str(src)), Path(out), str(src)
     raw_cfg = hf.read_hf_config(folder)
     family, cfg = hf.from_hf_config(raw_cfg, source)
-    if cfg.d_ff and cfg.d_ff == replace(cfg, d_ff=0).ff_width():
-        cfg = replace(cfg, d_ff=0)  # lmforge's "default width", so configs compare equal after a round trip
     tensors = read_weights(folder)
-    types = tensors.get("bert.embeddings.token_type_embeddings.weight")
-    if family == "bert" and types is not None and types.shape[0] == 1 and not types.any():
-        cfg = replace(cfg, type_vocab_size=0)  # one zero row adds nothing: lmforge's "no segments"
+    cfg = _normalise_config(cfg, family, tensors)
     tok = import_tokenizer(folder, family, raw_cfg)
     if tok.vocab_size > cfg.vocab_size:
         raise LmforgeError(f"{source}: the tokenizer has {tok.vocab_size} tokens but the model only "
                            f"{cfg.vocab_size} embeddings: the folder mixes two models")
+    if hf.is_classifier(raw_cfg):
+        return _import_classifier(raw_cfg, family, cfg, tensors, tok, out, source, overwrite, quiet)
     model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(hf.from_hf_state(tensors, cfg, family, source), strict=False)
-    tied = {"lm_head.weight", "decoder.weight"} if cfg.tie_embeddings else set()
-    fresh = sorted(set(missing) - tied)
-    if unexpected or any(not m.endswith(hf.OPTIONAL_ON_IMPORT) for m in fresh):
-        raise AssertionError(f"key map of {family} is inconsistent: missing {fresh}, unexpected {unexpected}")
+    fresh = _load_checked(model, hf.from_hf_state(tensors, cfg, family, source), cfg, family, "")
     unused = hf.unused_tensors(tensors, cfg, family)
     save_run(out, model, tok, overwrite=overwrite, meta={"imported_from": source})
     if not quiet:
-        notes = (f"; freshly initialised: {', '.join(fresh)}" if fresh else "") + \
-                (f"; ignored: {', '.join(unused[:5])}" if unused else "")
-        print(f"lmforge: imported {source} ({hf.FAMILIES[family]['lm']}) -> {out}{notes}")
+        print(f"lmforge: imported {source} ({hf.FAMILIES[family]['lm']}) -> {out}{_notes(fresh, unused)}")
+    return out
+
+
+def _normalise_config(cfg, family: str, tensors: dict[str, torch.Tensor]):
+    """lmforge's spelling of what the checkpoint holds, so configs compare equal after a round trip."""
+    from lmforge.config import replace
+
+    if cfg.d_ff and cfg.d_ff == replace(cfg, d_ff=0).ff_width():
+        cfg = replace(cfg, d_ff=0)  # lmforge's "default width"
+    types = tensors.get("bert.embeddings.token_type_embeddings.weight")
+    if family == "bert" and types is not None and types.shape[0] == 1 and not types.any():
+        cfg = replace(cfg, type_vocab_size=0)  # one zero row adds nothing: lmforge's "no segments"
+    return cfg
+
+
+def _load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg, family: str,
+                  prefix: str) -> list[str]:
+    """Load `state` into `model`; return the parameters left freshly initialised (all optional ones).
+
+    `prefix` is where the base model's names start (`backbone.` in a classifier), whose LM head an
+    HF classifier does not have: classification never runs it, so it keeps its initialisation.
+    """
+    from lmforge.finetune import LM_HEADS
+
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {f"{prefix}lm_head.weight", f"{prefix}decoder.weight"} if cfg.tie_embeddings else set()
+    head = tuple(prefix + p for p in LM_HEADS.get(cfg.kind, ())) if prefix else ()
+    fresh = sorted(m for m in set(missing) - tied if not (head and m.startswith(head)))
+    if unexpected or any(not m.endswith(hf.OPTIONAL_ON_IMPORT) for m in fresh):
+        raise AssertionError(f"key map of {family} is inconsistent: missing {fresh}, unexpected {unexpected}")
+    return fresh
+
+
+def _notes(fresh: list[str], unused: list[str]) -> str:
+    return (f"; freshly initialised: {', '.join(fresh)}" if fresh else "") + \
+           (f"; ignored: {', '.join(unused[:5])}" if unused else "")
+
+
+def _import_classifier(raw_cfg: dict, family: str, cfg, tensors: dict[str, torch.Tensor], tok, out: Path,
+                       source: str, overwrite: bool, quiet: bool) -> Path:
+    """A *ForSequenceClassification folder -> a fine-tuned run folder that load_classifier reads."""
+    from lmforge.config import FinetuneConfig, FinetuneRunConfig
+    from lmforge.finetune import LABEL_MAP, label_map_json
+    from lmforge.models.classifier import SequenceClassifier
+
+    arch = hf.classifier_arch(family)
+    rows = hf.classifier_key_map(family, cfg)
+    state = hf.from_hf_state(tensors, cfg, family, source, rows, arch)
+    labels = hf.classifier_labels(raw_cfg, state["head.weight"].shape[0], source)
+    dropout = raw_cfg.get("classifier_dropout")
+    if dropout is None:  # HF's BERT head falls back on the hidden dropout; GPT heads have none
+        dropout = raw_cfg.get("hidden_dropout_prob", 0.1) if family == "bert" else 0.1
+    ft = FinetuneConfig(pooling="auto", classifier_dropout=float(dropout))
+    model = SequenceClassifier(cfg, len(labels), ft.pooling, ft.classifier_dropout)
+    fresh = _load_checked(model, state, cfg, family, "backbone.")
+    unused = hf.unused_tensors(tensors, cfg, family, rows)
+    save_run(out, model, tok, overwrite=overwrite, meta={"imported_from": source},
+             config=FinetuneRunConfig(model=cfg, finetune=ft), files={LABEL_MAP: label_map_json(labels, {})})
+    if not quiet:
+        print(f"lmforge: imported {source} ({arch}, {len(labels)} labels: {', '.join(labels[:5])}"
+              f"{', ...' if len(labels) > 5 else ''}) -> {out}{_notes(fresh, unused)}")
     return out
 
 
 def save_run(out: str | Path, model: torch.nn.Module, tok, step: int = 0, overwrite: bool = False,
-             meta: dict | None = None) -> Path:
-    """Write `model` and `tok` as a run folder with one checkpoint (weights only, no optimizer state)."""
+             meta: dict | None = None, config=None, files: dict[str, Any] | None = None) -> Path:
+    """Write `model` and `tok` as a run folder with one checkpoint (weights only, no optimizer state).
+
+    `config` is the run's config (default: a RunConfig of `model.config`); `files` are JSON files
+    written beside it (name -> content), such as a classifier's label_map.json.
+    """
     from safetensors.torch import save_model
 
     from lmforge.atomic import output_dir, write_json
@@ -146,7 +207,9 @@ def save_run(out: str | Path, model: torch.nn.Module, tok, step: int = 0, overwr
 
     out = Path(out)
     with output_dir(out, overwrite=overwrite) as tmp:
-        save_config(RunConfig(model=model.config), tmp / "config.toml")
+        save_config(config or RunConfig(model=model.config), tmp / "config.toml")
+        for name, content in (files or {}).items():
+            write_json(tmp / name, content)
         tok.save(tmp / "tokenizer")
         ckpt = checkpoint_dir(tmp, step)
         ckpt.mkdir(parents=True)
