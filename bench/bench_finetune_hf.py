@@ -12,7 +12,7 @@ imports, reading, tokenizing, model build, training, the dev evaluation; lmforge
 checkpoint and results). HF `Trainer` needs `accelerate` (`pip install accelerate`; not an lmforge
 dependency).
 
-Usage: python bench/bench_finetune_hf.py [--run BERT_RUN] [--data ../shared/data/sst2] [--steps 150]
+Usage: python bench/bench_finetune_hf.py [--run BERT_RUN] [--data ../shared/data/sst2] [--steps 150] [--rounds 3]
 BERT_RUN defaults to the random-init BERT of bench/sst2_pretrain_vs_scratch.sh.
 """
 
@@ -126,7 +126,7 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--train-examples", type=int, default=8000)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "1")))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--worker", choices=["hf", "lmforge"], help=argparse.SUPPRESS)
