@@ -227,8 +227,12 @@ def _build_backend(kind: str, cfg: TokenizerConfig, texts: list[str], progress: 
         tok.train_from_iterator(texts, trainer, length=len(texts))
     elif kind == "wordpiece":
         tok = Backend(models.WordPiece(unk_token=specials["unk"]))
-        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                    strip_accents=cfg.lowercase, lowercase=cfg.lowercase)
+        # NFKC first, as `corpus build` does by default: raw text at fine-tuning or inference time
+        # (full-width punctuation in Chinese, say) then meets the vocabulary the corpus was trained on.
+        tok.normalizer = normalizers.Sequence([
+            normalizers.NFKC(),
+            normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                       strip_accents=cfg.lowercase, lowercase=cfg.lowercase)])
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,

@@ -142,3 +142,23 @@ def test_cli_encode_decode(trained, cli):
     assert code == 0 and [int(x) for x in out.split()] == tok.encode("the model")
     code, out, _ = cli("tokenizer", "decode", path, *out.split())
     assert code == 0 and out == "the model\n"
+
+
+def test_wordpiece_normalises_raw_text_like_the_corpus(tmp_path):
+    """corpus build applies NFKC; a WordPiece vocabulary must meet raw text the same way, so the
+    full-width comma of raw Chinese text is the ASCII comma it was trained on, not [UNK]."""
+    import unicodedata
+
+    from lmforge.config import TokenizerConfig
+    from lmforge.corpus.store import write_file
+    from lmforge.tokenizer import train_tokenizer
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = [unicodedata.normalize("NFKC", "酒店很好，服务一般，下次还来。") for _ in range(50)]
+    write_file(corpus / "train-00000.jsonl.zst", texts)
+    tok = train_tokenizer(corpus, tmp_path / "tok", TokenizerConfig(kind="wordpiece", vocab_size=200),
+                          progress=False)
+    ids = tok.encode("酒店很好，服务一般")  # raw: U+FF0C
+    assert tok.unk_id not in ids
+    assert ids == tok.encode("酒店很好,服务一般")
