@@ -1,0 +1,84 @@
+"""The README is a test: its set-up command is what CI runs, and its examples run, in order.
+
+Every ```bash block after "## Set up" runs in one scratch folder, in order, so a later example uses what
+an earlier one made. A block preceded by an HTML comment `<!-- not run: REASON -->` is skipped (GPU,
+several machines); ```console and ```python blocks are shown output or snippets, not run (python blocks
+are run when preceded by `<!-- run -->`).
+
+The examples assume a user's own files; the test writes small stand-ins first: notes.txt (lines of
+text), sst2/train.tsv and sst2/dev.tsv (GLUE layout: sentence<TAB>label) and reviews.tsv.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!--[^>]*-->\s*)?```(\w+)\n(.*?)```", re.S)
+
+
+def blocks(after: str = "## Set up") -> list[tuple[str, str, str]]:
+    """(language, marker comment, code) of each fenced block after the heading."""
+    text = README.read_text(encoding="utf-8")
+    text = text[text.index(after):]
+    return [(lang, (marker or "").strip(), code) for marker, lang, code in BLOCK.findall(text)]
+
+
+def test_ci_runs_the_readme_test_command():
+    setup = README.read_text(encoding="utf-8").split("## Set up", 1)[1].split("\n## ", 1)[0]
+    commands = [code.strip() for _, lang, code in BLOCK.findall(setup) if lang == "bash"]
+    assert len(commands) == 2, "the README gives exactly two set-up commands"
+    assert commands[1] in (ROOT / ".ci" / "run").read_text(), ".ci/run must run the README's test command"
+
+
+def runnable() -> list[tuple[str, str]]:
+    out = []
+    for lang, marker, code in blocks("## The pipeline"):
+        if "not run" in marker:
+            continue
+        if lang == "bash" or (lang == "python" and marker == "<!-- run -->"):
+            out.append((lang, code))
+    return out
+
+
+def user_files(folder: Path) -> None:
+    from conftest import make_english
+
+    (folder / "notes.txt").write_text("\n".join(make_english(300, seed=3)) + "\n", encoding="utf-8")
+    rng = random.Random(0)
+    good, bad = ["charming", "moving", "brilliant", "warm"], ["dull", "bleak", "tedious", "flat"]
+    filler = "the film story cast plot music and its ending feels".split()
+
+    def rows(n: int) -> str:
+        out = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            words = rng.sample(filler, 5) + [rng.choice(good if label else bad)]
+            rng.shuffle(words)
+            out.append(f"{' '.join(words)} \t{label}")
+        return "\n".join(out) + "\n"
+
+    (folder / "sst2").mkdir()
+    (folder / "sst2" / "train.tsv").write_text(rows(400))
+    (folder / "sst2" / "dev.tsv").write_text(rows(60))
+    (folder / "reviews.tsv").write_text(rows(20))
+
+
+@pytest.mark.slow
+def test_readme_examples_run_in_order(tmp_path):
+    user_files(tmp_path)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=str(ROOT), MPLBACKEND="Agg", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    for i, (lang, code) in enumerate(runnable()):
+        cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, (f"README block {i} failed ({done.returncode}):\n{code}\n"
+                                      f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
