@@ -70,20 +70,26 @@ def cli(capsys):
     return run
 
 
-@pytest.fixture(scope="session")
-def tiny_shards(tmp_path_factory) -> Path:
-    """A shards folder (char tokenizer, train and val splits) from generated English text."""
-    from lmforge.config import ShardConfig, TokenizerConfig
+def make_shards(root: Path, docs: list[str], n_val: int, tokenizer) -> Path:
+    """root/corpus (the last `n_val` documents as val) -> root/tok (a `TokenizerConfig`) -> root/shards."""
+    from lmforge.config import ShardConfig
     from lmforge.corpus.store import write_file
     from lmforge.data.shards import build_shards
     from lmforge.tokenizer import train_tokenizer
 
-    root = tmp_path_factory.mktemp("tiny_shards")
     corpus = root / "corpus"
     corpus.mkdir()
-    docs = make_english(400, seed=1)
-    write_file(corpus / "train-00000.jsonl.zst", docs[:-40])
-    write_file(corpus / "val-00000.jsonl.zst", docs[-40:])
-    train_tokenizer(corpus, root / "tok", TokenizerConfig(kind="char", vocab_size=100), progress=False)
+    write_file(corpus / "train-00000.jsonl.zst", docs[:-n_val])
+    write_file(corpus / "val-00000.jsonl.zst", docs[-n_val:])
+    train_tokenizer(corpus, root / "tok", tokenizer, progress=False)
     build_shards(corpus, root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
     return root / "shards"
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tmp_path_factory) -> Path:
+    """A shards folder (char tokenizer, train and val splits) from generated English text."""
+    from lmforge.config import TokenizerConfig
+
+    return make_shards(tmp_path_factory.mktemp("tiny_shards"), make_english(400, seed=1), 40,
+                       TokenizerConfig(kind="char", vocab_size=100))

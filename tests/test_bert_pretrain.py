@@ -128,23 +128,12 @@ def test_golden_losses(tmp_path):
 @pytest.fixture(scope="module")
 def wordpiece_shards(tmp_path_factory) -> Path:
     """Shards (train and val) of generated English with a WordPiece tokenizer."""
-    from conftest import make_english
+    from conftest import make_english, make_shards
 
-    from lmforge.config import ShardConfig, TokenizerConfig
-    from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.config import TokenizerConfig
 
-    root = tmp_path_factory.mktemp("bert_shards")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    docs = make_english(300, seed=2)
-    write_file(corpus / "train-00000.jsonl.zst", docs[:-30])
-    write_file(corpus / "val-00000.jsonl.zst", docs[-30:])
-    train_tokenizer(corpus, root / "tok", TokenizerConfig(kind="wordpiece", vocab_size=300, lowercase=True),
-                    progress=False)
-    build_shards(corpus, root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
-    return root / "shards"
+    return make_shards(tmp_path_factory.mktemp("bert_shards"), make_english(300, seed=2), 30,
+                       TokenizerConfig(kind="wordpiece", vocab_size=300, lowercase=True))
 
 
 TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.d_ff=64",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import _WORDS, make_english
+from conftest import _WORDS, make_english, make_shards
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -43,19 +43,10 @@ def _write_rows(path: Path, n: int, seed: int) -> Path:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny pretrained BERT run (dropout 0), labeled files, and a 4-step 1-process fine-tuning of it."""
     from lmforge.cli import main
-    from lmforge.config import ShardConfig, TokenizerConfig
-    from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.config import TokenizerConfig
 
     root = tmp_path_factory.mktemp("dist_ft")
-    (root / "corpus").mkdir()
-    docs = make_english(120, seed=4)
-    write_file(root / "corpus" / "train-00000.jsonl.zst", docs[:-10])
-    write_file(root / "corpus" / "val-00000.jsonl.zst", docs[-10:])
-    train_tokenizer(root / "corpus", root / "tok", TokenizerConfig(kind="word", vocab_size=200, min_frequency=1),
-                    progress=False)
-    build_shards(root / "corpus", root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
+    make_shards(root, make_english(120, seed=4), 10, TokenizerConfig(kind="word", vocab_size=200, min_frequency=1))
     (root / "bert.toml").write_text(
         '[model]\nkind = "bert"\ncontext_len = 32\nn_layer = 1\nn_head = 2\nd_model = 32\ndropout = 0.0\n'
         "attn_dropout = 0.0\n[train]\nmax_steps = 2\nbatch_size = 8\neval_every = 2\neval_batches = 1\n"

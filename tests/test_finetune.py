@@ -11,7 +11,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import _WORDS, make_english
+from conftest import _WORDS, make_english, make_shards
 
 POS, NEG = ("gains", "quickly"), ("before", "decays")
 FILL = [w for w in _WORDS if w not in (*POS, *NEG)]
@@ -38,23 +38,10 @@ def _write_tsv(path: Path, rows, header=("sentence", "label")) -> Path:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Tiny pretrained GPT and BERT runs (word tokenizer) made with `lmforge pretrain`, plus data files."""
     from lmforge.cli import main
-    from lmforge.config import ShardConfig, TokenizerConfig
-    from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.config import TokenizerConfig
 
     root = tmp_path_factory.mktemp("finetune")
-    (root / "corpus").mkdir()
-    docs = make_english(200, seed=1)
-    write_file(root / "corpus" / "train-00000.jsonl.zst", docs[:-20])
-    write_file(root / "corpus" / "val-00000.jsonl.zst", docs[-20:])
-    train_tokenizer(
-        root / "corpus",
-        root / "tok",
-        TokenizerConfig(kind="word", vocab_size=200, min_frequency=1),
-        progress=False,
-    )
-    build_shards(root / "corpus", root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
+    make_shards(root, make_english(200, seed=1), 20, TokenizerConfig(kind="word", vocab_size=200, min_frequency=1))
     out = {}
     for kind in ("gpt", "bert"):
         extra = "dropout = 0.0\nattn_dropout = 0.0\n" if kind == "bert" else ""

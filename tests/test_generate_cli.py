@@ -68,22 +68,12 @@ device = "cpu"
 
 @pytest.fixture(scope="module")
 def word_shards(tmp_path_factory) -> Path:
-    from conftest import make_english
+    from conftest import make_english, make_shards
 
-    from lmforge.config import ShardConfig, TokenizerConfig
-    from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.config import TokenizerConfig
 
-    root = tmp_path_factory.mktemp("gen_word")
-    (root / "corpus").mkdir()
-    lines = make_english(200, seed=3)
-    write_file(root / "corpus" / "train-00000.jsonl.zst", lines[:-20])
-    write_file(root / "corpus" / "val-00000.jsonl.zst", lines[-20:])
-    tok_cfg = TokenizerConfig(kind="word", vocab_size=400, min_frequency=1)
-    train_tokenizer(root / "corpus", root / "tok", tok_cfg, progress=False)
-    build_shards(root / "corpus", root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
-    return root / "shards"
+    return make_shards(tmp_path_factory.mktemp("gen_word"), make_english(200, seed=3), 20,
+                       TokenizerConfig(kind="word", vocab_size=400, min_frequency=1))
 
 
 def _train(root: Path, toml: str, shards: Path) -> Path:

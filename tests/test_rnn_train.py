@@ -152,23 +152,12 @@ def test_accumulation_keeps_each_micro_batch_state_consistent(tmp_path):
 @pytest.fixture(scope="module")
 def word_shards(tmp_path_factory) -> Path:
     """Shards with a word tokenizer (`<eos>` after every line) from generated English lines."""
-    from conftest import make_english
+    from conftest import make_english, make_shards
 
-    from lmforge.config import ShardConfig, TokenizerConfig
-    from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.config import TokenizerConfig
 
-    root = tmp_path_factory.mktemp("word_shards")
-    corpus = root / "corpus"
-    corpus.mkdir()
-    lines = make_english(300, seed=2)
-    write_file(corpus / "train-00000.jsonl.zst", lines[:-30])
-    write_file(corpus / "val-00000.jsonl.zst", lines[-30:])
-    train_tokenizer(corpus, root / "tok", TokenizerConfig(kind="word", vocab_size=500, min_frequency=1),
-                    progress=False)
-    build_shards(corpus, root / "tok", root / "shards", ShardConfig(num_workers=1), progress=False)
-    return root / "shards"
+    return make_shards(tmp_path_factory.mktemp("word_shards"), make_english(300, seed=2), 30,
+                       TokenizerConfig(kind="word", vocab_size=500, min_frequency=1))
 
 
 RUN_TOML = """
