@@ -341,7 +341,7 @@ def tokenizer_report(tok: Tokenizer, texts: list[str], source: str) -> dict:
     }
 
 
-def _find_tokenizer_dir(path: Path) -> Path:
+def find_tokenizer_dir(path: Path) -> Path:
     path = Path(path)
     if path.is_file() and path.name == "tokenizer.json":
         path = path.parent
@@ -358,7 +358,7 @@ def load_tokenizer(path: Path) -> Tokenizer:
     """Load a tokenizer folder, or the `tokenizer/` subfolder of a run or shards folder."""
     from tokenizers import Tokenizer as Backend
 
-    folder = _find_tokenizer_dir(path)
+    folder = find_tokenizer_dir(path)
     meta_path = folder / META_FILE
     if not meta_path.is_file():
         raise LmforgeError(f"{folder} has no {META_FILE}: it was not made by `lmforge tokenizer train`; "

@@ -199,11 +199,11 @@ def build_shards(corpus_dir: Path, tokenizer_dir: Path, out: Path, cfg: ShardCon
 
     from lmforge.atomic import output_dir, write_json, write_text
     from lmforge.corpus import split_files
-    from lmforge.tokenizer import _find_tokenizer_dir, load_tokenizer
+    from lmforge.tokenizer import find_tokenizer_dir, load_tokenizer
 
     corpus_dir, out = Path(corpus_dir), Path(out)
     tok = load_tokenizer(Path(tokenizer_dir))
-    tok_dir = _find_tokenizer_dir(Path(tokenizer_dir))
+    tok_dir = find_tokenizer_dir(Path(tokenizer_dir))
     if not split_files(corpus_dir, "train"):
         raise LmforgeError(f"corpus {corpus_dir} has no train split: rebuild it with `lmforge corpus build`")
     n_workers = _workers(cfg)
