@@ -10,18 +10,15 @@ left out of its reduction.
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import _WORDS, make_english, make_shards
+from test_distributed import _lmforge as launch
 
-REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 POS, NEG = ("gains", "quickly"), ("before", "decays")
 FILL = [w for w in _WORDS if w not in (*POS, *NEG)]
@@ -61,19 +58,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _lmforge(nproc: int, *args) -> subprocess.CompletedProcess:
-    """`lmforge ARGS` as one plain process (nproc 0) or under torchrun with `nproc` processes."""
-    args = [str(a) for a in args]
-    launch = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-              str(_free_port())] if nproc else []
-    proc = subprocess.run([sys.executable, *launch, "-m", "lmforge", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    """`lmforge ARGS` as one plain process (nproc 0) or under torchrun; it must succeed."""
+    proc = launch(nproc, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
