@@ -133,6 +133,10 @@ def finetune(cfg: FinetuneRunConfig, out: Path, resume: bool = False, overwrite:
     if not ft.train_file or not ft.dev_file:
         raise LmforgeError("finetune needs --train FILE and --dev FILE (finetune.train_file, "
                            "finetune.dev_file)")
+    if ft.logging_dir:  # asked for by name: refused up front rather than silently left empty
+        from lmforge.extras import require
+
+        require("tensorboard", f"finetune.logging_dir = {ft.logging_dir!r} (TensorBoard logs)")
     runtime = setup_runtime(cfg.runtime)
     try:
         return _finetune(cfg, Path(out), runtime, resume, overwrite, progress)

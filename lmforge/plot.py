@@ -20,15 +20,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def plot_runs(run_dirs: list[Path], out: Path) -> None:
-    try:
-        import matplotlib
-        import matplotlib.ticker
+    from lmforge.extras import require
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import ScalarFormatter
-    except ImportError:
-        raise LmforgeError("plotting needs matplotlib: pip install 'lmforge[plot]'") from None
+    require("matplotlib", "plotting")
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import ScalarFormatter
+
     from lmforge.atomic import write_bytes
 
     runs = [(Path(r).name or str(r), read_metrics(r)) for r in run_dirs]

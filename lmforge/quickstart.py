@@ -1,7 +1,8 @@
 """`lmforge quickstart`: the whole pipeline on text every Python installation carries, offline, on CPU.
 
 builtin:python-docs -> corpus -> byte-level BPE -> shards -> gpt-tiny pretraining -> validation
-perplexity before and after -> generated samples -> a plot. Each stage writes its own folder under
+perplexity before and after -> generated samples -> a plot (when matplotlib is installed: the core
+install has no plotting, and the quickstart says so in one line). Each stage writes its own folder under
 OUT; a stage whose folder already exists is reused (every stage writes atomically, so an existing
 folder is complete), so a second quickstart only trains again.
 """
@@ -49,8 +50,8 @@ def quickstart(out: Path, config: str = "gpt-tiny", overrides: tuple[str, ...] =
     from lmforge.corpus.build import build_corpus
     from lmforge.data.shards import build_shards
     from lmforge.evaluate import evaluate_run
+    from lmforge.extras import available, skipped
     from lmforge.generate import generate
-    from lmforge.plot import plot_runs
     from lmforge.run import load_run, pretrain, resolve_config
     from lmforge.tokenizer import load_tokenizer, train_tokenizer
 
@@ -70,8 +71,12 @@ def quickstart(out: Path, config: str = "gpt-tiny", overrides: tuple[str, ...] =
     pretrain(cfg, run_dir, overwrite=True)
     after = evaluate_run(run_dir, shards, "val", device=cfg.runtime.device)
 
-    plot = run_dir / "plot.png"
-    plot_runs([run_dir], plot)
+    # the plot is a side product: without matplotlib (a core install) everything else is still shown
+    plot = run_dir / "plot.png" if available("matplotlib") else None
+    if plot is not None:
+        from lmforge.plot import plot_runs
+
+        plot_runs([run_dir], plot)
     run = load_run(run_dir)
     print("\nquickstart: samples (temperature 0.8, top-k 40)")
     for i, prompt in enumerate(PROMPTS[:samples]):
@@ -81,7 +86,7 @@ def quickstart(out: Path, config: str = "gpt-tiny", overrides: tuple[str, ...] =
     print(f"\nquickstart: validation perplexity {before['perplexity']:,.1f} before training -> "
           f"{after['perplexity']:,.1f} after ({after.get('bits_per_byte', float('nan')):.3f} bits per byte)")
     print(f"quickstart: run folder {run_dir} (checkpoints, metrics.jsonl, config.toml, tokenizer/); "
-          f"plot {plot}")
+          + (f"plot {plot}" if plot else skipped("matplotlib", "the plot")))
     print(f"quickstart: next: lmforge generate {run_dir} --prompt 'The list'  |  "
           f"lmforge eval {run_dir}  |  lmforge export {run_dir} --format hf --out {out / 'hf'}")
     return run_dir

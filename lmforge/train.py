@@ -10,7 +10,8 @@
   with `train.on_nan="skip"`, which must look at every step's loss before the update.
 
 Outputs in `run_dir`: metrics.jsonl (one JSON object per log/eval event; `step` counts completed
-optimizer steps), tensorboard/ (when tensorboard is installed), checkpoints/.
+optimizer steps), tensorboard/ (when tensorboard is installed; a line says when it is not),
+checkpoints/.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lmforge.atomic import write_text
 from lmforge.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from lmforge.config import OptimConfig, ScheduleConfig, TrainConfig
 from lmforge.errors import LmforgeError
+from lmforge.extras import available, skipped
 from lmforge.objectives import count_targets
 from lmforge.optim import build_optimizer, lr_at, set_lr
 from lmforge.runtime import Runtime
@@ -68,11 +70,12 @@ class MetricsLog:
             kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resume_step]
             write_text(self.path, "".join(ln + "\n" for ln in kept))
         self.file = self.path.open("a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
-        except ImportError:
-            pass
+        if not available("tensorboard"):  # a side product: metrics.jsonl has every figure
+            print(f"lmforge: {skipped('tensorboard', 'TensorBoard logging')}", flush=True)
+            return
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:

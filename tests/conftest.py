@@ -93,3 +93,22 @@ def tiny_shards(tmp_path_factory) -> Path:
 
     return make_shards(tmp_path_factory.mktemp("tiny_shards"), make_english(400, seed=1), 40,
                        TokenizerConfig(kind="char", vocab_size=100))
+
+
+
+def block_packages(monkeypatch, *packages: str) -> None:
+    """Make `packages` (and their loaded submodules) unimportable until `monkeypatch` is undone, as on a
+    core install without the extra."""
+    import sys
+
+    for name in list(sys.modules):
+        if name.split(".")[0] in packages:
+            monkeypatch.setitem(sys.modules, name, None)
+    for name in packages:
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.fixture
+def without(monkeypatch):
+    """`without("matplotlib", ...)`: those packages are missing for the rest of the test."""
+    return lambda *packages: block_packages(monkeypatch, *packages)

@@ -366,3 +366,11 @@ def test_single_class(runs, tmp_path, cli):
     rows = [(t, "positive") for t, _ in _rows(20, 0)]
     code, _, err = _finetune(cli, runs, tmp_path, _write_tsv(tmp_path / "train.tsv", rows))
     assert code == 2 and "holds one class only ('positive')" in err
+
+
+def test_logging_dir_needs_tensorboard(runs, tmp_path, cli, without):
+    """A TensorBoard folder asked for by name is refused up front on a core install, not left empty."""
+    without("tensorboard")
+    code, _, err = _finetune(cli, runs, tmp_path, runs["train"], None, "--logging_dir", tmp_path / "tb")
+    assert code == 2 and "finetune.logging_dir" in err and "pip install 'lmforge[tensorboard]'" in err
+    assert not (tmp_path / "ft").exists() and not (tmp_path / "tb").exists()

@@ -32,11 +32,15 @@ def blocks(after: str = "## Set up") -> list[tuple[str, str, str]]:
     return [(lang, (marker or "").strip(), code) for marker, lang, code in BLOCK.findall(text)]
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_both_readme_commands():
     setup = README.read_text(encoding="utf-8").split("## Set up", 1)[1].split("\n## ", 1)[0]
     commands = [code.strip() for _, lang, code in BLOCK.findall(setup) if lang == "bash"]
     assert len(commands) == 2, "the README gives exactly two set-up commands"
-    assert commands[1] in (ROOT / ".ci" / "run").read_text(), ".ci/run must run the README's test command"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[0] in ci, ".ci/run must run the README's main job (quickstart) as written"
+    assert commands[1] in ci, ".ci/run must run the README's test command"
+    assert "[dev]" not in commands[0] and "[" not in commands[0].split("pip install -e")[1], \
+        "the main job runs on a core install, without extras"
 
 
 def runnable() -> list[tuple[str, str]]:

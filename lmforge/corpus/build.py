@@ -24,7 +24,7 @@ from lmforge.corpus.clean import (
     StripControl,
     StripHtml,
 )
-from lmforge.corpus.readers import ReadStats, check_inputs, iter_inputs
+from lmforge.corpus.readers import ReadStats, check_extras, check_inputs, iter_inputs
 from lmforge.corpus.split import assign_splits, shuffle
 from lmforge.corpus.store import SplitWriter
 from lmforge.errors import LmforgeError
@@ -86,6 +86,7 @@ def build_corpus(inputs: list[str], out: Path, cfg: CorpusConfig, overwrite: boo
 
     held_out = {"val": list(val_inputs), "test": list(test_inputs)}
     check_inputs([*inputs, *held_out["val"], *held_out["test"]])
+    check_extras([*inputs, *held_out["val"], *held_out["test"]], cfg)
     start = time.perf_counter()
     stages = build_stages(cfg)
     read, totals, counts = ReadStats(), {"documents": 0, "characters": 0}, {}

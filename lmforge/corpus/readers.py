@@ -56,6 +56,29 @@ def check_inputs(inputs: list[str]) -> None:
                                "hf:NAME[:CONFIG]:SPLIT, or builtin:python-docs")
 
 
+def check_extras(inputs: list[str], cfg: CorpusConfig) -> None:
+    """Refuse before any work when an input, a stage or the output format needs a missing extra."""
+    from lmforge.extras import require
+
+    if any(spec.startswith("hf:") for spec in inputs):
+        require("datasets", f"input {next(s for s in inputs if s.startswith('hf:'))}")
+    parquet = next((p for p in _input_files(inputs, cfg) if _kind(p) == "parquet"), None)
+    if parquet is not None:
+        require("pyarrow", f"reading {parquet}")
+    if cfg.format == "parquet":
+        require("pyarrow", "corpus.format = 'parquet'")
+    if cfg.dedup_near:
+        require("datasketch", "near-duplicate removal (corpus.dedup_near; set it to false to skip)")
+
+
+def _input_files(inputs: list[str], cfg: CorpusConfig) -> Iterator[Path]:
+    for spec in inputs:
+        path = Path(spec)
+        if spec.startswith(("hf:", "builtin:")):
+            continue
+        yield from _folder_files(path, cfg) if path.is_dir() else [path]
+
+
 def iter_inputs(inputs: list[str], cfg: CorpusConfig, stats: ReadStats) -> Iterator[str]:
     for spec in inputs:
         if spec.startswith("builtin:"):
@@ -91,14 +114,18 @@ def _builtin(spec: str) -> Iterator[str]:
 
 def _iter_folder(folder: Path, cfg: CorpusConfig, stats: ReadStats) -> Iterator[str]:
     """Every matching file under `folder` in sorted order; binary files are skipped and counted."""
-    files = sorted(p for p in folder.glob(cfg.glob) if p.is_file()
-                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-    for path in files:
+    for path in _folder_files(folder, cfg):
         try:
             yield from iter_file(path, cfg)
             stats.files += 1
         except BinaryFile:
             stats.binary_skipped.append(str(path))
+
+
+def _folder_files(folder: Path, cfg: CorpusConfig) -> list[Path]:
+    """The files of an input folder that `corpus.glob` matches, hidden ones left out, sorted."""
+    return sorted(p for p in folder.glob(cfg.glob) if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _kind(path: Path) -> str:

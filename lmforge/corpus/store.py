@@ -26,6 +26,10 @@ def split_files(corpus_dir: str | os.PathLike, split: str) -> list[Path]:
     if not corpus_dir.is_dir():
         raise LmforgeError(f"corpus folder {corpus_dir} not found: build one with `lmforge corpus build`")
     files = sorted(p for fmt in FORMATS for p in corpus_dir.glob(f"{split}-[0-9]*.{fmt}"))
+    if any(p.name.endswith(".parquet") for p in files):
+        from lmforge.extras import require
+
+        require("pyarrow", f"reading the parquet corpus {corpus_dir}")
     if not files and not any(corpus_dir.glob(f"*-[0-9]*.{fmt}") for fmt in FORMATS):
         raise LmforgeError(f"{corpus_dir} holds no corpus files (train-00000.jsonl.zst, ...): "
                            "build it with `lmforge corpus build`")

@@ -76,6 +76,9 @@ def _load_backend(folder: Path):
 
     if (folder / "tokenizer.json").is_file():
         return Backend.from_file(str(folder / "tokenizer.json"))
+    from lmforge.extras import require
+
+    require("transformers", f"{folder}: converting its tokenizer files (it has no tokenizer.json)")
     try:  # vocab.txt / vocab.json + merges.txt: let transformers convert them to a fast tokenizer
         from transformers import AutoTokenizer
 

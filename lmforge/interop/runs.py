@@ -114,9 +114,9 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: 
     folder, out, source = _source_folder(str(src)), Path(out), str(src)
     raw_cfg = hf.read_hf_config(folder)
     family, cfg = hf.from_hf_config(raw_cfg, source)
+    tok = import_tokenizer(folder, family, raw_cfg)  # before the weights: it may need an extra
     tensors = read_weights(folder)
     cfg = _normalise_config(cfg, family, tensors)
-    tok = import_tokenizer(folder, family, raw_cfg)
     if tok.vocab_size > cfg.vocab_size:
         raise LmforgeError(f"{source}: the tokenizer has {tok.vocab_size} tokens but the model only "
                            f"{cfg.vocab_size} embeddings: the folder mixes two models")

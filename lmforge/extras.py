@@ -1,0 +1,40 @@
+"""Optional packages (the extras in pyproject.toml), asked for before the work that needs them starts.
+
+A command either refuses at once, naming the install line (`require`), when the missing package is
+what the user asked for; or it does its whole job and leaves out the optional part with one line
+saying so (`available` + `skipped`), when that part is a side product (a plot, TensorBoard files).
+Nothing may fail *after* its work because an extra is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from lmforge.errors import LmforgeError
+
+EXTRA_OF = {"matplotlib": "plot", "tensorboard": "tensorboard", "transformers": "hf", "datasets": "hf",
+            "huggingface_hub": "hf", "pyarrow": "parquet", "datasketch": "dedup"}
+"""Optional top-level package -> the lmforge extra that installs it."""
+
+
+def available(package: str) -> bool:
+    """Whether `package` (a top-level name in EXTRA_OF) can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install, or a module without a spec
+        return False
+
+
+def install_line(package: str) -> str:
+    return f"pip install 'lmforge[{EXTRA_OF[package]}]'"
+
+
+def require(package: str, what: str) -> None:
+    """Refuse `what` (e.g. "reading parquet") up front when `package` is missing."""
+    if not available(package):
+        raise LmforgeError(f"{what} needs {package}, which is not installed: {install_line(package)}")
+
+
+def skipped(package: str, what: str) -> str:
+    """The one line that says an optional part was left out, and how to get it."""
+    return f"{what} skipped: {package} is not installed ({install_line(package)})"
