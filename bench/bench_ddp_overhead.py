@@ -18,11 +18,12 @@ import time
 
 import torch
 
-from lmforge.config import RunConfig, load_config
 from lmforge.models import build_model
 from lmforge.objectives import causal_lm_loss
 from lmforge.optim import build_optimizer
+from lmforge.runs import RunConfig
 from lmforge.runtime import Runtime, setup_runtime
+from lmforge.tasks import load_config
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,7 +59,7 @@ def train_steps(runtime: Runtime, model, optimizer, batch: dict, steps: int) -> 
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(RunConfig, args.preset, [f"model.vocab_size={args.vocab}"])
+    cfg = load_config(args.preset, [f"model.vocab_size={args.vocab}"])
     precision = args.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"

@@ -30,11 +30,10 @@ import time
 import numpy as np
 import torch
 
-from lmforge.config import BertConfig, MaskingConfig, OptimConfig
-from lmforge.data.mlm import MaskedLMBatches, SpecialTokens
-from lmforge.models import build_model
+from lmforge.data.mlm import MaskedLMBatches, MaskingConfig, SpecialTokens
+from lmforge.models import BertConfig, build_model
 from lmforge.objectives import masked_lm_loss
-from lmforge.optim import build_optimizer
+from lmforge.optim import OptimConfig, build_optimizer
 
 SPECIALS = SpecialTokens(cls_id=2, sep_id=3, pad_id=0, mask_id=4, eot_id=1, vocab_size=30522,
                          special_ids=frozenset(range(5)))

@@ -26,10 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lmforge.config import ShardConfig, TokenizerConfig  # noqa: E402
 from lmforge.corpus.store import write_file  # noqa: E402
-from lmforge.data.shards import build_shards  # noqa: E402
-from lmforge.tokenizer import load_tokenizer, train_tokenizer  # noqa: E402
+from lmforge.data.shards import ShardConfig, build_shards  # noqa: E402
+from lmforge.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer  # noqa: E402
 
 
 def read_docs(path: Path) -> list[str]:

@@ -61,15 +61,15 @@ if [ ! -d "$WORK/bert-scratch" ]; then
   python - "$WORK/bert-pre" "$WORK/bert-scratch" <<'PY'
 import sys
 import torch
-from lmforge.config import RunConfig, load_config
-from lmforge.interop.runs import save_run
 from lmforge.models import build_model
+from lmforge.runs import save_run
+from lmforge.tasks import read_config
 from lmforge.tokenizer import load_tokenizer
 
 pre, out = sys.argv[1:]
-cfg = load_config(RunConfig, f"{pre}/config.toml")
+cfg = read_config(pre)
 torch.manual_seed(cfg.train.seed)  # the seed pretraining initialised with
-save_run(out, build_model(cfg.model), load_tokenizer(f"{pre}/tokenizer"), meta={"random_init": True})
+save_run(out, build_model(cfg.model), load_tokenizer(f"{pre}/tokenizer"), cfg, meta={"random_init": True})
 PY
 fi
 

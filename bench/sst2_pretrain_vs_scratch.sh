@@ -69,8 +69,8 @@ PRE=(--data "$WORK/shards" --overwrite --set train.batch_size=32 --set data.seq_
 steps() { echo --set train.max_steps="$1" --set train.eval_every="$1" --set train.save_every="$1" \
   --set schedule.warmup_steps=$(($1 / 10)); }
 read -r LAYERS HEADS WIDTH < <(python -c "
-from lmforge.config import RunConfig, load_config
-m = load_config(RunConfig, '$MODEL').model
+from lmforge.tasks import load_config
+m = load_config('$MODEL').model
 print(m.n_layer, m.n_head, m.d_model)")
 pretrain() {  # kind
   [ -d "$WORK/$1-pre/checkpoints" ] && return
@@ -93,15 +93,15 @@ scratch() {  # kind
   python - "$WORK/$1-pre" "$WORK/$1-scratch" <<'PY'
 import sys
 import torch
-from lmforge.config import RunConfig, load_config
-from lmforge.interop.runs import save_run
 from lmforge.models import build_model
+from lmforge.runs import save_run
+from lmforge.tasks import read_config
 from lmforge.tokenizer import load_tokenizer
 
 pre, out = sys.argv[1:]
-cfg = load_config(RunConfig, f"{pre}/config.toml")
+cfg = read_config(pre)
 torch.manual_seed(cfg.train.seed)  # the seed pretraining initialised with
-save_run(out, build_model(cfg.model), load_tokenizer(f"{pre}/tokenizer"), meta={"random_init": True})
+save_run(out, build_model(cfg.model), load_tokenizer(f"{pre}/tokenizer"), cfg, meta={"random_init": True})
 PY
 }
 

@@ -1,4 +1,4 @@
-"""Evaluation of language models: loss, perplexity and bits per byte over a validation split.
+"""Metric primitives: loss, perplexity and bits per byte of a language model; classification metrics.
 
 Bits per byte = total nats over the windows / ln 2 / the UTF-8 bytes of text they cover, where the
 bytes are estimated as targets x (text bytes / tokens of the split), from the shard manifest. Unlike
@@ -7,10 +7,8 @@ perplexity it compares models with different tokenizers.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -50,30 +48,6 @@ def evaluate_lm(model: nn.Module, objective, batches: Iterable[dict[str, torch.T
     if correct is not None:
         out["accuracy"] = runtime.all_reduce_sum(correct).item() / targets
     return out
-
-
-def evaluate_run(run_dir: Path, data: Path | None = None, split: str = "val", max_batches: int = 0,
-                 checkpoint: str = "best", device: str = "auto") -> dict[str, float]:
-    """`lmforge eval`: a run's checkpoint on one split of a shards folder (the run's data by default)."""
-    from lmforge.data.shards import TokenShards
-    from lmforge.run import TASKS, is_classifier_config, load_run
-    from lmforge.runtime import setup_runtime
-
-    run = load_run(run_dir, checkpoint, device)
-    cfg = run.config
-    if is_classifier_config(cfg):
-        raise LmforgeError(f"{run_dir} is a fine-tuned classifier: evaluate it on a labeled file with "
-                           f"`lmforge eval {run_dir} --data FILE.tsv` (or lmforge.finetune.evaluate_file)")
-    data = Path(data or cfg.data.path)
-    if not str(data):
-        raise LmforgeError(f"{run_dir}/config.toml has no data.path: pass --data SHARDS")
-    source = TokenShards.open(data, split, expect_fingerprint=run.tokenizer.fingerprint)
-    device_name = str(next(run.model.parameters()).device)
-    runtime = setup_runtime(dataclasses.replace(cfg.runtime, device=device_name, compile=False))
-    task = TASKS[cfg.model.kind](cfg, source, source)
-    metrics = evaluate_lm(run.model, task.objective, task.eval_batches(max_batches), runtime,
-                          task.bytes_per_token)
-    return {"checkpoint": run.checkpoint.name, "split": split, **metrics}
 
 
 # ----------------------------------------------------------------------------------------------------

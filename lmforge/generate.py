@@ -76,17 +76,17 @@ def iter_ids(model: nn.Module, ids: list[int], max_new_tokens: int = 100, temper
              seed: int | None = None, eot_id: int | None = None, use_cache: bool = True) -> Iterator[int]:
     """Yield new token ids one at a time; stops before `eot_id`. `use_cache=False` recomputes each step."""
     _check_args(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
-    kind = getattr(model.config, "kind", None)
-    if kind not in ("gpt", "rnn"):
-        raise LmforgeError(f"generation needs a causal language model (gpt or rnn), this one is {kind!r}: "
-                           "use fill-mask for bert")
+    decoding = getattr(model, "decoding", None)  # the backbone contract (models/__init__.py)
+    if decoding is None:
+        raise LmforgeError(f"generation needs a causal language model (gpt or rnn), this one is "
+                           f"{type(model).__name__}: use fill-mask for bert")
     ids = list(ids)
     if not ids:
         if eot_id is None:
             raise LmforgeError("empty prompt: give some text to continue")
         ids = [eot_id]  # documents start after an end-of-text token, so it is a neutral start
     rng = torch.Generator().manual_seed(seed) if seed is not None else None
-    feed = _gpt_feeder(model, use_cache) if kind == "gpt" else _rnn_feeder(model)
+    feed = _gpt_feeder(model, use_cache) if decoding == "kv_cache" else _rnn_feeder(model)
     seen = set(ids)
     was_training = model.training
     model.eval()
@@ -201,10 +201,9 @@ def generate(model: nn.Module, tokenizer, prompt: str | list[int], max_new_token
 
 def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
     """For each mask token in `text`, the `top_k` most likely tokens and their probabilities."""
-    kind = getattr(model.config, "kind", None)
-    if kind != "bert":
-        raise LmforgeError(f"fill-mask needs a masked language model (bert), this one is {kind!r}: "
-                           "use generate for gpt and rnn")
+    if getattr(model, "pretraining_task", None) != "masked_lm":
+        raise LmforgeError(f"fill-mask needs a masked language model (bert), this one is "
+                           f"{type(model).__name__}: use generate for gpt and rnn")
     if top_k < 1:
         raise LmforgeError(f"fill-mask setting 'top_k' must be >= 1, got {top_k}")
     mask = tokenizer.id_to_piece(tokenizer.mask_id)

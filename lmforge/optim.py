@@ -13,12 +13,52 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from lmforge.config import OptimConfig, ScheduleConfig
+from lmforge.config import check
 from lmforge.errors import LmforgeError
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adamw", "adam", "sgd", "lamb", "muon", "adagrad", "rmsprop"] = "adamw"
+    lr: float = 1e-3
+    """Peak learning rate (after warmup)."""
+    weight_decay: float = 0.1
+    """Applied to matrices only; biases, norms and embeddings are in the no-decay group."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    momentum: float = 0.9
+    """SGD/Muon/RMSprop momentum."""
+    nesterov: bool = False
+    fused: bool = True
+    """Use fused AdamW/Adam kernels where the device supports them."""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "optim.lr", "must be positive")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    name: Literal["cosine", "linear", "constant", "wsd", "plateau"] = "cosine"
+    """Decay after warmup: cosine, linear, constant, warmup-stable-decay, or plateau (constant, cut by
+    plateau_factor after each evaluation whose loss is no better than the best so far)."""
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a share of the peak."""
+    decay_fraction: float = 0.2
+    """wsd: share of the steps spent decaying at the end."""
+    plateau_factor: float = 0.25
+    """plateau: the learning rate is multiplied by this when validation stops improving (the classic
+    word-level LSTM recipe divides it by 4)."""
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.plateau_factor <= 1.0, "schedule.plateau_factor", "must be in (0, 1]")
+
 
 # ----------------------------------------------------------------------------------------------------
 # Learning-rate schedules
@@ -29,7 +69,7 @@ def lr_at(step: int, max_steps: int, cfg: ScheduleConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     floor = cfg.min_lr_ratio
-    if cfg.name in ("constant", "plateau"):  # the loop scales plateau's rate after evaluations
+    if cfg.name in ("constant", "plateau"):  # `Schedule` cuts plateau's rate after evaluations
         return 1.0
     if cfg.name == "wsd":
         decay_steps = max(1, round(cfg.decay_fraction * max_steps))
@@ -42,6 +82,34 @@ def lr_at(step: int, max_steps: int, cfg: ScheduleConfig) -> float:
     if cfg.name == "linear":
         return 1.0 - (1.0 - floor) * progress
     return floor + 0.5 * (1.0 - floor) * (1.0 + math.cos(math.pi * progress))  # cosine
+
+
+class Schedule:
+    """The learning-rate multiplier of each step: `lr_at`, times the plateau cuts made so far.
+
+    The plateau rule's state (its cut and the best evaluation it has seen) lives here, and
+    `state_dict()` goes into checkpoints, so a resumed run continues the same schedule.
+    """
+
+    def __init__(self, cfg: ScheduleConfig, max_steps: int) -> None:
+        self.cfg, self.max_steps = cfg, max_steps
+        self.scale, self.best = 1.0, None
+
+    def factor(self, step: int) -> float:
+        return lr_at(step, self.max_steps, self.cfg) * self.scale
+
+    def observe(self, val_loss: float) -> None:
+        """An evaluation's loss (lower is better): `plateau` cuts the rate when it is no better."""
+        if self.cfg.name == "plateau" and self.best is not None and val_loss >= self.best:
+            self.scale *= self.cfg.plateau_factor
+        self.best = val_loss if self.best is None else min(self.best, val_loss)
+
+    def state_dict(self) -> dict:
+        return {"lr_scale": self.scale, "plateau_best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale = state.get("lr_scale", 1.0)
+        self.best = state.get("plateau_best", state.get("best_val_loss"))  # older checkpoints
 
 
 def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> None:

@@ -12,7 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lmforge.config import CorpusConfig, RunConfig, ShardConfig, TokenizerConfig, load_config
+from lmforge.corpus.config import CorpusConfig
+from lmforge.data.shards import ShardConfig
+from lmforge.tasks.task import LoadedRun
+from lmforge.tokenizer import TokenizerConfig
 
 PROMPTS = ("The list", "A dictionary is", "To open a file")
 
@@ -26,33 +29,30 @@ def _stage(name: str, folder: Path, fresh: bool) -> bool:
     return True
 
 
-def untrained_metrics(cfg: RunConfig) -> dict[str, float]:
-    """Validation metrics of the freshly initialised model (the run's own init: same seed)."""
+def untrained_metrics(cfg, tok) -> dict[str, float]:
+    """Validation metrics of the freshly initialised model (the run's own init: same seed), measured
+    as the run's own evaluations are."""
     import torch
 
-    from lmforge.data.shards import TokenShards
-    from lmforge.evaluate import evaluate_lm
-    from lmforge.models import build_model
-    from lmforge.run import TASKS
     from lmforge.runtime import setup_runtime
+    from lmforge.tasks import get_task
 
     runtime = setup_runtime(cfg.runtime)
-    val = TokenShards.open(Path(cfg.data.path), cfg.data.val_split)
-    task = TASKS[cfg.model.kind](cfg, val, val)
+    task = get_task(cfg.task)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(runtime.device)
-    return evaluate_lm(model, task.objective, task.eval_batches(cfg.train.eval_batches), runtime,
-                       task.bytes_per_token)
+    model = task.build_model(cfg, {}).to(runtime.device)
+    run = LoadedRun(model, tok, cfg, run_dir=Path("untrained"), step=0, checkpoint=Path("untrained"), task=task)
+    return task.evaluate(run, None, cfg.data.val_split, cfg.train.eval_batches, runtime)
 
 
 def quickstart(out: Path, config: str = "gpt-tiny", overrides: tuple[str, ...] = (), vocab_size: int = 4096,
                fresh: bool = False, samples: int = 3) -> Path:
     from lmforge.corpus.build import build_corpus
     from lmforge.data.shards import build_shards
-    from lmforge.evaluate import evaluate_run
     from lmforge.extras import available, skipped
     from lmforge.generate import generate
-    from lmforge.run import load_run, pretrain, resolve_config
+    from lmforge.pipeline import evaluate_run, pretrain
+    from lmforge.tasks import load_config, load_run
     from lmforge.tokenizer import load_tokenizer, train_tokenizer
 
     out = Path(out)
@@ -64,9 +64,9 @@ def quickstart(out: Path, config: str = "gpt-tiny", overrides: tuple[str, ...] =
     if _stage("token shards", shards, fresh or not tok_dir.exists()):
         build_shards(corpus, tok_dir, shards, ShardConfig(), overwrite=True)
 
-    cfg = load_config(RunConfig, config, [f"data.path={str(shards)!r}", *overrides])
-    cfg = resolve_config(cfg, load_tokenizer(shards / "tokenizer").vocab_size)
-    before = untrained_metrics(cfg)
+    tok = load_tokenizer(shards / "tokenizer")
+    cfg = load_config(config, [f"data.path={str(shards)!r}", *overrides]).with_vocab(tok.vocab_size)
+    before = untrained_metrics(cfg, tok)
     print(f"quickstart: pretraining {config} -> {run_dir}")
     pretrain(cfg, run_dir, overwrite=True)
     after = evaluate_run(run_dir, shards, "val", device=cfg.runtime.device)

@@ -19,13 +19,35 @@ import datetime
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from lmforge.config import RuntimeConfig
 from lmforge.errors import LmforgeError
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "auto"
+    """auto (cuda, then mps, then cpu), or a torch device string."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """bf16/fp16 autocast; fp16 uses a gradient scaler."""
+    compile: bool = False
+    """torch.compile the model."""
+    tf32: bool = True
+    """Allow TF32 matmuls on CUDA."""
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    """Data parallelism across torchrun processes."""
+    num_threads: int = 0
+    """CPU threads for torch; 0 leaves torch's default."""
+    timeout_s: int = 600
+    """Seconds a process waits in a collective (all-reduce, barrier) before the job fails instead of hanging."""
+
+    def __post_init__(self):
+        if self.timeout_s <= 0:
+            raise LmforgeError(f"config key 'runtime.timeout_s' = {self.timeout_s} must be > 0 (seconds)")
+
 
 # Dense (no sparsity) peak throughput per GPU, FLOP/s, by precision: the MFU denominator.
 PEAK_FLOPS = {

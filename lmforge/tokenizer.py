@@ -23,14 +23,33 @@ import json
 import os
 import random
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-from lmforge.config import TokenizerConfig, dumps_toml
+from lmforge.config import check, dumps_toml
 from lmforge.errors import LmforgeError
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    kind: Literal["bpe", "wordpiece", "unigram", "char", "word"] = "bpe"
+    """Byte-level BPE (lossless on any UTF-8), WordPiece (BERT), Unigram, characters, or whitespace words."""
+    vocab_size: int = 8192
+    """Target vocabulary size, special tokens included (an upper bound for char and word)."""
+    min_frequency: int = 2
+    """Pieces seen fewer times are not merged/added."""
+    lowercase: bool = False
+    """Lowercase before tokenizing (WordPiece 'uncased')."""
+    max_train_bytes: int = 200_000_000
+    """Train on at most this many bytes of the corpus (vocabularies converge long before)."""
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size > 0, "tokenizer.vocab_size", "must be positive")
+
 
 ROLES = ("eot", "pad", "unk", "mask", "cls", "sep")
 GPT_SPECIALS = {"eot": "<|endoftext|>", "pad": "<|pad|>", "unk": "<|unk|>", "mask": "<|mask|>",

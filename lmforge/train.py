@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -33,15 +33,81 @@ from tqdm.auto import tqdm
 
 from lmforge.atomic import write_text
 from lmforge.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from lmforge.config import OptimConfig, ScheduleConfig, TrainConfig
+from lmforge.config import check
 from lmforge.errors import LmforgeError
 from lmforge.extras import available, skipped
 from lmforge.objectives import count_targets
-from lmforge.optim import build_optimizer, lr_at, set_lr
+from lmforge.optim import OptimConfig, Schedule, ScheduleConfig, build_optimizer, set_lr
 from lmforge.runtime import Runtime
 
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int = 1000
+    """Optimizer updates."""
+    max_minutes: float = 0.0
+    """Wall-clock budget of one `pretrain`/`finetune` invocation in minutes (0 = off). The run stops after
+    the first step past it, saves a checkpoint and evaluates as at the end. The lr schedule still follows
+    max_steps, so set max_steps to about the steps that fit."""
+    batch_size: int = 32
+    """Sequences per optimizer step, summed over micro-batches and processes."""
+    micro_batch_size: int = 0
+    """Sequences per forward/backward on one process; 0 means batch_size / processes."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    seed: int = 1337
+    log_every: int = 10
+    eval_every: int = 250
+    """Evaluate every N steps (and at the end); 0 evaluates only at the end."""
+    eval_batches: int = 20
+    """Validation batches per evaluation; 0 means the whole validation split."""
+    save_every: int = 500
+    """Checkpoint every N steps (and at the end, and on Ctrl-C)."""
+    keep_last: int = 2
+    """Checkpoints kept besides the best one."""
+    on_nan: Literal["stop", "skip"] = "stop"
+    """A NaN/inf loss stops the run (keeping the last good checkpoint) or skips that step."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        check(self.max_steps > 0, "train.max_steps", "must be positive")
+        check(self.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0 turns the budget off)")
+        check(self.batch_size > 0, "train.batch_size", "must be positive")
+
+    def grad_accum_steps(self, world_size: int = 1) -> int:
+        """Micro-steps per optimizer step on each process."""
+        micro = self.micro_batch_size or self.batch_size // world_size
+        if micro <= 0 or self.batch_size % (micro * world_size):
+            raise LmforgeError(
+                f"train.batch_size={self.batch_size} is not a multiple of train.micro_batch_size={micro} "
+                f"x {world_size} processes: change one of them")
+        return self.batch_size // (micro * world_size)
+
+    def micro_batch(self, world_size: int = 1) -> int:
+        return self.micro_batch_size or self.batch_size // world_size
+
+
 Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Any, dict]]
-EvaluateFn = Callable[[nn.Module], dict[str, float]]
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation function returns to the loop."""
+
+    metrics: dict[str, Any]
+    """Logged to metrics.jsonl as val_<name>; "loss" is required."""
+    select: float | None = None
+    """Lower is better: picks the best checkpoint (and drives the plateau schedule); None: the loss."""
+    stop: str | None = None
+    """A reason to end the run after this evaluation (early stopping): it saves and stops."""
+
+    @property
+    def select_loss(self) -> float:
+        return self.metrics["loss"] if self.select is None else self.select
+
+
+EvaluateFn = Callable[[nn.Module], Evaluation]
 
 
 @dataclass
@@ -49,8 +115,8 @@ class TrainResult:
     step: int
     """Optimizer steps completed."""
     stopped: str
-    """'done', 'time' (past `train.max_minutes`: saved and evaluated), or 'interrupted' (Ctrl-C: saved,
-    resumable)."""
+    """'done', 'time' (past `train.max_minutes`: saved and evaluated), 'early_stopping' (the evaluation
+    said stop: saved), or 'interrupted' (Ctrl-C: saved, resumable)."""
     checkpoint: Path | None
     best_val_loss: float | None
 
@@ -86,6 +152,11 @@ class MetricsLog:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
                     self.tb.add_scalar(key, value, record["step"])
+
+    def say(self, message: str) -> None:
+        """One line for people (rank 0 only), printed above the progress bar."""
+        if self.enabled:
+            tqdm.write(f"lmforge: {message}")
 
     def close(self) -> None:
         if self.file is not None:
@@ -131,18 +202,18 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     """Train `model` (a plain module) for `train_cfg.max_steps` optimizer steps.
 
     `resume` continues from the latest checkpoint in `run_dir` (weights, optimizer, scaler, RNG, step).
-    `evaluate_fn(model) -> {"loss": ..., ...}` runs every `eval_every` steps and at the end, in eval
-    mode under no_grad; its "select_loss" if given (lower is better), else "loss", picks the best
-    checkpoint.
+    `evaluate_fn(model) -> Evaluation` runs every `eval_every` steps and at the end, in eval mode under
+    no_grad; its select loss picks the best checkpoint, and its `stop` ends the run there (saved).
     """
     run_dir = Path(run_dir)
     raw = model.to(runtime.device)
     scaler = runtime.grad_scaler()
-    start, best, tokens_seen, lr_scale, state = 0, None, 0, 1.0, None
+    start, best, tokens_seen, state = 0, None, 0, None
+    schedule = Schedule(schedule_cfg, train_cfg.max_steps)
     if resume and list_checkpoints(run_dir):
         state = load_checkpoint(find_checkpoint(run_dir, "latest"), raw, None, scaler)
         start, best, tokens_seen = state["step"], state.get("best_val_loss"), state.get("tokens", 0)
-        lr_scale = state.get("lr_scale", 1.0)
+        schedule.load_state_dict(state)
         if "objective" in state and hasattr(objective, "load_state_dict"):
             objective.load_state_dict(state["objective"])
     model = runtime.wrap(raw)  # FSDP replaces the parameters by shards: the optimizer comes after
@@ -172,7 +243,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
         if runtime.is_main:
             path = save_checkpoint(run_dir, done, runtime.unwrap(model), optimizer, scaler,
                                    {"step": done, "tokens": tokens_seen, "val_loss": val_loss,
-                                    "best_val_loss": best, "lr_scale": lr_scale, **extra},
+                                    "best_val_loss": best, **schedule.state_dict(), **extra},
                                    keep_last=train_cfg.keep_last, model_state=model_state,
                                    optimizer_state=optim_state)
         runtime.barrier()  # nobody reads or resumes a checkpoint still being written
@@ -182,7 +253,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
         try:
             for step in range(start, train_cfg.max_steps):
                 done, last = step + 1, step + 1 == train_cfg.max_steps
-                set_lr(optimizer, lr_at(step, train_cfg.max_steps, schedule_cfg) * lr_scale)
+                set_lr(optimizer, schedule.factor(step))
                 micro = [batches.get(step, m, runtime.rank, world, micro_batch) for m in range(accum)]
                 n_targets = runtime.sum_count(sum(count_targets(b) for b in micro))
                 n_tokens = runtime.sum_count(sum(b["input_ids"].numel() for b in micro))
@@ -224,10 +295,13 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     t_log, tokens_since_log = time.perf_counter(), 0
                 if evaluate_fn is not None and _every(train_cfg.eval_every, done, last):
-                    val_loss = _evaluate(model, evaluate_fn, log, done)
-                    if schedule_cfg.name == "plateau" and best is not None and val_loss >= best:
-                        lr_scale *= schedule_cfg.plateau_factor
+                    evaluation = _evaluate(model, evaluate_fn, log, done)
+                    val_loss = evaluation.select_loss
+                    schedule.observe(val_loss)
                     best = val_loss if best is None else min(best, val_loss)
+                    if evaluation.stop and not last:
+                        last, stopped = True, "early_stopping"  # saved below, then the loop ends
+                        log.say(evaluation.stop)
                     t_log = time.perf_counter()  # evaluation time is not training throughput
                 if _every(train_cfg.save_every, done, last) or interrupted.is_set():
                     # a stateful objective (the carried RNN state) is saved too; every process takes part
@@ -238,7 +312,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                 if interrupted.is_set():
                     stopped = "interrupted"
                     break
-                if stopped == "time":
+                if stopped in ("time", "early_stopping"):
                     break
         finally:
             bar.close()
@@ -273,13 +347,13 @@ def _forward_backward(model: nn.Module, objective: Objective, micro: list[dict[s
     return total
 
 
-def _evaluate(model: nn.Module, evaluate_fn: EvaluateFn, log: MetricsLog, done: int) -> float:
+def _evaluate(model: nn.Module, evaluate_fn: EvaluateFn, log: MetricsLog, done: int) -> Evaluation:
     model.eval()
     with torch.no_grad():
-        metrics = evaluate_fn(model)
+        evaluation = evaluate_fn(model)
     model.train()
-    log.write({"step": done, **{f"val_{k}": v for k, v in metrics.items()}})
-    return metrics.get("select_loss", metrics["loss"])  # fine-tuning may pick by accuracy (-accuracy)
+    log.write({"step": done, **{f"val_{k}": v for k, v in evaluation.metrics.items()}})
+    return evaluation
 
 
 def _diverged(run_dir: Path, done: int) -> LmforgeError:

@@ -72,9 +72,8 @@ def cli(capsys):
 
 def make_shards(root: Path, docs: list[str], n_val: int, tokenizer) -> Path:
     """root/corpus (the last `n_val` documents as val) -> root/tok (a `TokenizerConfig`) -> root/shards."""
-    from lmforge.config import ShardConfig
     from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
+    from lmforge.data.shards import ShardConfig, build_shards
     from lmforge.tokenizer import train_tokenizer
 
     corpus = root / "corpus"
@@ -89,7 +88,7 @@ def make_shards(root: Path, docs: list[str], n_val: int, tokenizer) -> Path:
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     """A shards folder (char tokenizer, train and val splits) from generated English text."""
-    from lmforge.config import TokenizerConfig
+    from lmforge.tokenizer import TokenizerConfig
 
     return make_shards(tmp_path_factory.mktemp("tiny_shards"), make_english(400, seed=1), 40,
                        TokenizerConfig(kind="char", vocab_size=100))

@@ -1,8 +1,7 @@
 import pytest
 import torch
 
-from lmforge.config import BertConfig
-from lmforge.models import Bert, build_model
+from lmforge.models import Bert, BertConfig, build_model
 
 # HF bert-base-uncased: 109,482,240 in BertModel (pooler included), plus the MLM head's dense, norm, bias
 BERT_BASE_PARAMS = 109_482_240 + 768 * 768 + 768 + 2 * 768 + 30522
@@ -91,10 +90,10 @@ def test_bidirectional_pool_and_gradients():
     changed[:, -1] = (changed[:, -1] + 1) % 53
     with torch.no_grad():
         assert not torch.allclose(model(ids)[:, 0], model(changed)[:, 0])  # the first token sees the last
-    hidden = model.encode(ids)
+    hidden = model.hidden(ids)
     assert hidden.shape == (2, 10, 32) and model.pool(hidden).shape == (2, 32)
     model.train()
-    (model(ids).logsumexp(-1).mean() + model.pool(model.encode(ids)).sum()).backward()
+    (model(ids).logsumexp(-1).mean() + model.pool(model.hidden(ids)).sum()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
@@ -121,9 +120,9 @@ def test_bert_base_size():
 @pytest.mark.parametrize("preset, layers, width", [("bert-tiny", 2, 128), ("bert-mini", 4, 256),
                                                    ("bert-base", 12, 768)])
 def test_presets_load_and_build(preset, layers, width):
-    from lmforge.config import RunConfig, load_config
+    from lmforge.tasks import load_config
 
-    cfg = load_config(RunConfig, preset, ["model.vocab_size=30522"])
+    cfg = load_config(preset, ["model.vocab_size=30522"])
     assert isinstance(cfg.model, BertConfig) and (cfg.model.n_layer, cfg.model.d_model) == (layers, width)
     with torch.device("meta"):
         model = build_model(cfg.model)

@@ -13,12 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import BertConfig, MaskingConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
-from lmforge.data.mlm import MaskedLMBatches, SpecialTokens
-from lmforge.models import build_model
+from lmforge.data.mlm import MaskedLMBatches, MaskingConfig, SpecialTokens
+from lmforge.models import BertConfig, build_model
 from lmforge.objectives import IGNORE, masked_lm_loss
-from lmforge.runtime import setup_runtime
-from lmforge.train import train
+from lmforge.optim import OptimConfig, ScheduleConfig
+from lmforge.runtime import RuntimeConfig, setup_runtime
+from lmforge.train import TrainConfig, train
 
 GOLDEN = Path(__file__).parent / "golden" / "bert_tiny_losses.json"
 
@@ -130,7 +130,7 @@ def wordpiece_shards(tmp_path_factory) -> Path:
     """Shards (train and val) of generated English with a WordPiece tokenizer."""
     from conftest import make_english, make_shards
 
-    from lmforge.config import TokenizerConfig
+    from lmforge.tokenizer import TokenizerConfig
 
     return make_shards(tmp_path_factory.mktemp("bert_shards"), make_english(300, seed=2), 30,
                        TokenizerConfig(kind="wordpiece", vocab_size=300, lowercase=True))
@@ -223,13 +223,15 @@ def test_fill_mask_prints_top_k_candidates_per_mask(bert_run, cli):
 
 
 def test_fill_mask_errors(bert_run, tmp_path, cli):
-    from lmforge.config import GPTConfig, RunConfig, save_config
+    from lmforge.config import save_config
+    from lmforge.models import GPTConfig
+    from lmforge.runs import PretrainConfig
 
     code, _, err = cli("fill-mask", bert_run, "no mask token here", "--device", "cpu")
     assert code == 2 and "[MASK]" in err
     gpt_run = tmp_path / "gpt"
     gpt_run.mkdir()
-    save_config(RunConfig(model=GPTConfig()), gpt_run / "config.toml")
+    save_config(PretrainConfig(task="causal_lm", model=GPTConfig()), gpt_run / "config.toml")
     code, _, err = cli("fill-mask", gpt_run, "a [MASK] b")
     assert code == 2 and "not a masked LM" in err and "\n" not in err.strip()
     code, _, err = cli("fill-mask", tmp_path / "nowhere", "a [MASK] b")

@@ -15,10 +15,9 @@ from lmforge.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from lmforge.config import GPTConfig, OptimConfig
 from lmforge.errors import LmforgeError
-from lmforge.models import build_model
-from lmforge.optim import build_optimizer
+from lmforge.models import GPTConfig, build_model
+from lmforge.optim import OptimConfig, build_optimizer
 
 
 def _setup(seed=0):

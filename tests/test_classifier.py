@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmforge.config import BertConfig, GPTConfig, RNNConfig
-from lmforge.models.classifier import SequenceClassifier
+from lmforge.models import BertConfig, GPTConfig, RNNConfig
+from lmforge.models.heads import SequenceClassifier
 
 CONFIGS = {
     "gpt": GPTConfig(vocab_size=50, context_len=16, n_layer=2, n_head=2, d_model=16),

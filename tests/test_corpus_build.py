@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.config import CorpusConfig, read_toml
+from lmforge.config import read_toml
 from lmforge.corpus import build_corpus, iter_corpus
+from lmforge.corpus.config import CorpusConfig
 
 
 def _report(out: Path) -> dict:

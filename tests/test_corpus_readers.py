@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from lmforge.config import CorpusConfig
+from lmforge.corpus.config import CorpusConfig
 from lmforge.corpus.readers import ReadStats, check_inputs, iter_inputs
 from lmforge.errors import LmforgeError
 

@@ -137,10 +137,9 @@ def test_bert_masked_lm_ddp_reproduces_one_process(tmp_path):
     """BERT's pooler is never run by masked-LM pretraining: DDP must not wait for its gradient."""
     from conftest import make_english
 
-    from lmforge.config import ShardConfig, TokenizerConfig
     from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.data.shards import ShardConfig, build_shards
+    from lmforge.tokenizer import TokenizerConfig, train_tokenizer
 
     (tmp_path / "corpus").mkdir()
     docs = make_english(200, seed=2)

@@ -40,7 +40,7 @@ def _write_rows(path: Path, n: int, seed: int) -> Path:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """A tiny pretrained BERT run (dropout 0), labeled files, and a 4-step 1-process fine-tuning of it."""
     from lmforge.cli import main
-    from lmforge.config import TokenizerConfig
+    from lmforge.tokenizer import TokenizerConfig
 
     root = tmp_path_factory.mktemp("dist_ft")
     make_shards(root, make_english(120, seed=4), 10, TokenizerConfig(kind="word", vocab_size=200, min_frequency=1))
@@ -124,29 +124,29 @@ def test_one_process_resumed_on_two_with_fsdp(runs, tmp_path):
 
 
 def test_batch_must_split_over_the_processes():
-    from lmforge.config import FinetuneConfig
     from lmforge.errors import LmforgeError
-    from lmforge.finetune import loop_sections
+    from lmforge.tasks.classify import ClassifyArgs, ClassifyConfig
+    from lmforge.tasks.finetuning import with_loop
 
-    ft = FinetuneConfig(per_device_train_batch_size=6, gradient_accumulation_steps=3)
-    train, _, _ = loop_sections(ft, 60, world=2)
+    cfg = ClassifyConfig(finetune=ClassifyArgs(per_device_train_batch_size=6, gradient_accumulation_steps=3))
+    train = with_loop(cfg, 60, world=2).train
     assert train.micro_batch(2) == 1 and train.grad_accum_steps(2) == 3
     with pytest.raises(LmforgeError, match="per_device_train_batch_size=6 does not split into 4 processes"):
-        loop_sections(ft, 60, world=4)
+        with_loop(cfg, 60, world=4)
 
 
 def test_classifier_leaves_out_the_lm_heads():
-    from lmforge.config import MODEL_CONFIGS
-    from lmforge.finetune import freeze_unused
-    from lmforge.models.classifier import SequenceClassifier
+    from lmforge.models import BertConfig, GPTConfig
+    from lmforge.models.heads import SequenceClassifier
 
     for kind, pooling, frozen in (("gpt", "auto", {"lm_head.weight"}),
                                   ("bert", "cls", {"head_dense.weight", "head_dense.bias", "head_norm.weight",
                                                    "head_norm.bias", "decoder.bias"}),
                                   ("bert", "mean", {"pooler.weight", "pooler.bias"})):
-        model = SequenceClassifier(MODEL_CONFIGS[kind](vocab_size=50, context_len=8, n_layer=1, n_head=2,
-                                               d_model=8, d_ff=16, tie_embeddings=kind == "bert"), 2, pooling)
-        freeze_unused(model)
+        config = (BertConfig if kind == "bert" else GPTConfig)(vocab_size=50, context_len=8, n_layer=1, n_head=2,
+                                                               d_model=8, d_ff=16, tie_embeddings=kind == "bert")
+        model = SequenceClassifier(config, 2, pooling)
+        model.freeze_unused()
         off = {n for n, p in model.backbone.named_parameters() if not p.requires_grad}
         assert frozen <= off and (kind == "gpt" or {"decoder.bias"} <= off), kind
         ids = torch.randint(0, 50, (2, 8))
@@ -158,13 +158,12 @@ def test_classifier_leaves_out_the_lm_heads():
 def test_fsdp_needs_an_eval_batch_on_every_process():
     from types import SimpleNamespace
 
-    from lmforge.config import FinetuneConfig
     from lmforge.data.labeled import Encoded
     from lmforge.errors import LmforgeError
-    from lmforge.finetune import _check_eval_split
+    from lmforge.tasks.classify import ClassifyArgs, _check_eval_split
 
     enc = Encoded([torch.zeros(3)] * 20, torch.zeros(20), 0)
-    ft = FinetuneConfig(per_device_eval_batch_size=8)  # 3 batches
+    ft = ClassifyArgs(per_device_eval_batch_size=8)  # 3 batches
     _check_eval_split(enc, ft, SimpleNamespace(parallel="ddp", world_size=4))  # DDP evaluates unevenly
     _check_eval_split(enc, ft, SimpleNamespace(parallel="fsdp", world_size=3))
     with pytest.raises(LmforgeError, match="20 evaluation examples make 3 batches of finetune.per_device_eval"):

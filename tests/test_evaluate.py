@@ -10,12 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import GPTConfig, RuntimeConfig
 from lmforge.data.loaders import ArrayTokens, eval_batches
 from lmforge.evaluate import evaluate_lm
-from lmforge.models import build_model
+from lmforge.models import GPTConfig, build_model
 from lmforge.objectives import causal_lm_loss
-from lmforge.runtime import setup_runtime
+from lmforge.runtime import RuntimeConfig, setup_runtime
 
 
 def test_metrics_match_a_direct_computation():

@@ -38,7 +38,7 @@ def _write_tsv(path: Path, rows, header=("sentence", "label")) -> Path:
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Tiny pretrained GPT and BERT runs (word tokenizer) made with `lmforge pretrain`, plus data files."""
     from lmforge.cli import main
-    from lmforge.config import TokenizerConfig
+    from lmforge.tokenizer import TokenizerConfig
 
     root = tmp_path_factory.mktemp("finetune")
     make_shards(root, make_english(200, seed=1), 20, TokenizerConfig(kind="word", vocab_size=200, min_frequency=1))
@@ -125,7 +125,8 @@ def test_finetune_learns_and_the_run_classifies(runs, tmp_path, cli, kind):
 
 
 def test_python_api_matches_the_saved_label_map(runs, tmp_path, cli):
-    from lmforge.finetune import classify, load_classifier
+    from lmforge.tasks import load_run
+    from lmforge.tasks.classify import classify, labels_of
 
     out = tmp_path / "ft"
     rows = [(t, "1" if lab == "positive" else "0") for t, lab in _rows(320, 0)]
@@ -147,8 +148,8 @@ def test_python_api_matches_the_saved_label_map(runs, tmp_path, cli):
         *FAST,
     )
     assert code == 0, err
-    clf = load_classifier(out)
-    assert clf.labels == ["0", "1"]
+    clf = load_run(out)
+    assert labels_of(clf) == ["0", "1"]
     preds = classify(clf, ["the model gains text", "data decays the model"])
     assert [p["label"] for p in preds] == ["1", "0"]
 

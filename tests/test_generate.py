@@ -2,7 +2,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lmforge.config import BertConfig, GPTConfig, RNNConfig
 from lmforge.errors import LmforgeError
 from lmforge.generate import (
     apply_repetition_penalty,
@@ -12,7 +11,7 @@ from lmforge.generate import (
     generate_ids,
     sample_next,
 )
-from lmforge.models import build_model
+from lmforge.models import BertConfig, GPTConfig, RNNConfig, build_model
 
 SPECIALS = ["<eot>", "[PAD]", "[MASK]", "[CLS]", "[SEP]"]
 
@@ -49,6 +48,8 @@ class ByteTokenizer:
 
 class Scripted(nn.Module):
     """A 'model' that always predicts the next token of a fixed script (ends with end-of-text)."""
+
+    decoding = "recurrent"  # generates as an RNN does (the backbone contract)
 
     def __init__(self, script: list[int]):
         super().__init__()

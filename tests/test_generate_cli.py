@@ -10,7 +10,7 @@ import pytest
 
 import lmforge.generate
 from lmforge.generate import generate
-from lmforge.run import load_run
+from lmforge.tasks import load_run
 
 GPT_TOML = """
 [model]
@@ -70,7 +70,7 @@ device = "cpu"
 def word_shards(tmp_path_factory) -> Path:
     from conftest import make_english, make_shards
 
-    from lmforge.config import TokenizerConfig
+    from lmforge.tokenizer import TokenizerConfig
 
     return make_shards(tmp_path_factory.mktemp("gen_word"), make_english(200, seed=3), 20,
                        TokenizerConfig(kind="word", vocab_size=400, min_frequency=1))

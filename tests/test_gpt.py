@@ -3,9 +3,8 @@ import math
 import pytest
 import torch
 
-from lmforge.config import BertConfig, GPTConfig
 from lmforge.errors import LmforgeError
-from lmforge.models import GPT, build_model
+from lmforge.models import GPT, BertConfig, GPTConfig, build_model
 
 VARIANTS = [
     dict(),

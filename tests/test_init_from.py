@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from lmforge.data.loaders import CausalLMBatches
 from lmforge.data.shards import TokenShards
 from lmforge.errors import LmforgeError
-from lmforge.run import init_config, load_run, pretrain, read_run_config
+from lmforge.pipeline import init_config, pretrain
+from lmforge.tasks import load_run, read_config
 
 SOURCE = ("[model]\nkind = \"gpt\"\ncontext_len = 32\nn_layer = 1\nn_head = 2\nd_model = 16\n\n"
           "[train]\nmax_steps = 3\nbatch_size = 4\neval_every = 0\neval_batches = 1\nsave_every = 3\n"
@@ -55,8 +56,8 @@ def test_new_run_starts_from_the_source_weights(source, tiny_shards, tmp_path, c
     code, _, err = cli("pretrain", "--init-from", source, "--data", tiny_shards, "--out", out,
                        *[a for s in NEW for a in ("--set", s)])
     assert code == 0, err
-    cfg = read_run_config(out)
-    assert cfg.model == read_run_config(source).model and cfg.data.path == str(tiny_shards)
+    cfg = read_config(out)
+    assert cfg.model == read_config(source).model and cfg.data.path == str(tiny_shards)
     src = load_run(source)
     want = first_batch_loss(src.model, tiny_shards, cfg)
     logged = metrics(out)
@@ -91,7 +92,7 @@ def test_dropout_may_change_architecture_may_not(source, tiny_shards, tmp_path, 
     code, _, err = cli("pretrain", "--init-from", source, "--config", tmp_path / "same.toml", "--data",
                        tiny_shards, "--out", tmp_path / "ok")
     assert code == 0, err
-    assert read_run_config(tmp_path / "ok").model.dropout == 0.2
+    assert read_config(tmp_path / "ok").model.dropout == 0.2
     code, _, err = cli("pretrain", "--init-from", source, "--resume", tmp_path / "ok")
     assert code == 2 and "--init-from" in err
     with pytest.raises(LmforgeError, match="'model.d_model' = 32 conflicts"):
@@ -105,10 +106,9 @@ def test_dropout_may_change_architecture_may_not(source, tiny_shards, tmp_path, 
 def test_shards_of_another_tokenizer_are_refused(source, tmp_path, cli):
     from conftest import make_chinese
 
-    from lmforge.config import ShardConfig, TokenizerConfig
     from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.data.shards import ShardConfig, build_shards
+    from lmforge.tokenizer import TokenizerConfig, train_tokenizer
 
     (tmp_path / "corpus").mkdir()
     write_file(tmp_path / "corpus" / "train-00000.jsonl.zst", make_chinese(30))
@@ -127,11 +127,10 @@ def test_init_from_an_imported_hf_gpt2(tmp_path, cli, monkeypatch):
     transformers = pytest.importorskip("transformers")
     from conftest import make_english
 
-    from lmforge.config import ShardConfig, TokenizerConfig
     from lmforge.corpus.store import write_file
-    from lmforge.data.shards import build_shards
+    from lmforge.data.shards import ShardConfig, build_shards
     from lmforge.interop import resolve_run
-    from lmforge.tokenizer import load_tokenizer, train_tokenizer
+    from lmforge.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
     corpus = tmp_path / "corpus"
@@ -160,7 +159,7 @@ def test_init_from_an_imported_hf_gpt2(tmp_path, cli, monkeypatch):
                        "--set", "train.eval_batches=1", "--set", "train.progress=false",
                        *[a for s in NEW for a in ("--set", s)])
     assert code == 0, err
-    cfg = read_run_config(out)
+    cfg = read_config(out)
     want = first_batch_loss(lambda ids: hf_model(ids).logits, tmp_path / "shards", cfg)
     logged = metrics(out)
     assert logged[0]["loss"] == pytest.approx(want, rel=1e-4)

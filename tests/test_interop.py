@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.config import BertConfig, GPTConfig
+from lmforge.config import to_dict
 from lmforge.errors import LmforgeError
-from lmforge.interop import export_hf, import_hf, resolve_run, save_run
-from lmforge.models import build_model
-from lmforge.run import load_run
+from lmforge.interop import export_hf, import_hf, resolve_run
+from lmforge.models import BertConfig, GPTConfig, build_model
+from lmforge.runs import save_run
+from lmforge.tasks import config_from, load_run
 from lmforge.tokenizer import load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -36,9 +37,8 @@ def toks(tmp_path_factory) -> dict[str, Path]:
     """Trained bpe and wordpiece tokenizer folders (English + Chinese)."""
     from conftest import make_chinese, make_english
 
-    from lmforge.config import TokenizerConfig
     from lmforge.corpus.store import write_file
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.tokenizer import TokenizerConfig, train_tokenizer
 
     root = tmp_path_factory.mktemp("interop_toks")
     (root / "corpus").mkdir()
@@ -66,7 +66,7 @@ def make_run(out: Path, cfg, tok_dir: Path) -> tuple[torch.nn.Module, object]:
     tok = load_tokenizer(tok_dir)
     torch.manual_seed(0)
     model = perturb(build_model(dataclasses.replace(cfg, vocab_size=tok.vocab_size)))
-    save_run(out, model, tok, step=5)
+    save_run(out, model, tok, config_from({"model": to_dict(model.config)}), step=5)
     return model, tok
 
 
@@ -250,9 +250,11 @@ def test_hf_path_is_accepted_wherever_a_run_is(tmp_path, toks, monkeypatch):
     hf_model = tiny_hf("bert", len(hf_tok))
     hf_model.save_pretrained(tmp_path / "hf")
     hf_tok.save_pretrained(tmp_path / "hf")
-    run = load_run(f"hf:{tmp_path / 'hf'}")
+    run = load_run(resolve_run(f"hf:{tmp_path / 'hf'}"))  # resolved at the boundary (CLI, server)
     assert run.config.model.kind == "bert" and run.run_dir.parent == tmp_path / "cache" / "hf-runs"
     assert resolve_run(f"hf:{tmp_path / 'hf'}") == run.run_dir  # imported once, then reused
+    with pytest.raises(LmforgeError, match="resolve hf: references first"):
+        load_run(f"hf:{tmp_path / 'hf'}")
     assert resolve_run(tmp_path / "plain") == tmp_path / "plain"
 
 
@@ -266,7 +268,7 @@ def test_hub_name_offline_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf_home" / "hub"))
     with pytest.raises(LmforgeError, match="could not download bert-base-uncased: no network; download it "
                                            "elsewhere and pass the folder"):
-        load_run("hf:bert-base-uncased")
+        resolve_run("hf:bert-base-uncased")
 
 
 # ----------------------------------------------------------------------------------------------------

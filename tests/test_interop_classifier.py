@@ -1,6 +1,6 @@
 """Hugging Face interop of fine-tuned classifiers: BertForSequenceClassification and
 GPT2ForSequenceClassification with the run's labels, logit parity, the text-classification pipeline;
-import of such folders as fine-tuned runs that load_classifier, `classify` and `eval` take as is."""
+import of such folders as fine-tuned runs that load_run, `classify` and `eval` take as is."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import torch
 from test_interop import BERT, GPT2, hf_tokenizer, perturb, toks  # noqa: F401 - toks is a fixture
 
 from lmforge.errors import LmforgeError
-from lmforge.finetune import LM_HEADS, classify, load_classifier
-from lmforge.interop import export_hf, import_hf, save_run
+from lmforge.interop import export_hf, import_hf
+from lmforge.runs import save_run
+from lmforge.tasks import load_run
+from lmforge.tasks.classify import classify, labels_of
 from lmforge.tokenizer import load_tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -22,19 +24,15 @@ TEXTS = ["the model reads text", "我们今天学习语言模型", "small steps 
 
 
 def make_classifier_run(out, cfg, tok_dir, pooling="auto"):
-    from lmforge.config import FinetuneConfig, FinetuneRunConfig, save_config
-    from lmforge.finetune import label_map_json
-    from lmforge.models.classifier import SequenceClassifier
+    from lmforge.models.heads import SequenceClassifier
+    from lmforge.tasks.classify import LABEL_MAP, ClassifyArgs, ClassifyConfig, label_map_json
 
     tok = load_tokenizer(tok_dir)
     cfg = dataclasses.replace(cfg, vocab_size=tok.vocab_size)
     torch.manual_seed(0)
     model = perturb(SequenceClassifier(cfg, len(LABELS), pooling=pooling))
-    save_run(out, model, tok, step=4)
-    run_cfg = FinetuneRunConfig(model=cfg, finetune=FinetuneConfig(pooling=pooling))
-    save_config(run_cfg, out / "config.toml")
-    save_config(run_cfg, out / "checkpoints" / "step-000004" / "config.toml")
-    (out / "label_map.json").write_text(json.dumps(label_map_json(LABELS, {})))
+    run_cfg = ClassifyConfig(task="classify", model=cfg, finetune=ClassifyArgs(pooling=pooling))
+    save_run(out, model, tok, run_cfg, step=4, files={LABEL_MAP: label_map_json(LABELS, {})})
     return model, tok
 
 
@@ -95,10 +93,10 @@ def test_import_classifier_matches_hf_logits_and_labels_through_the_cli(tmp_path
     hf_model = save_hf_classifier(tmp_path / "hf", toks, kind)
     code, out, err = cli("import-hf", tmp_path / "hf", "--out", tmp_path / "run")
     assert code == 0 and "3 labels" in out, err
-    clf = load_classifier(tmp_path / "run")
-    assert clf.labels == LABELS and clf.config.model.kind == ("bert" if kind == "bert" else "gpt")
+    clf = load_run(tmp_path / "run")
+    assert labels_of(clf) == LABELS and clf.config.model.kind == ("bert" if kind == "bert" else "gpt")
     assert clf.model.pooling == ("cls" if kind == "bert" else "last")
-    enc = encode_examples(clf.tokenizer, TEXTS, None, clf.config.model.kind, 64)
+    enc = encode_examples(clf.tokenizer, TEXTS, None, clf.model.backbone.input_format, 64)
     with torch.no_grad():
         want = torch.cat([hf_model(torch.as_tensor(ids)[None]).logits for ids in enc.ids])  # (N, L)
         got = torch.cat([clf.model(torch.as_tensor(ids)[None]) for ids in enc.ids])  # (N, L)
@@ -124,10 +122,10 @@ def test_classifier_round_trip_gives_identical_weights(tmp_path, toks, cfg):  # 
     model, _ = make_classifier_run(tmp_path / "run", cfg, toks["wordpiece" if bert else "bpe"])
     export_hf(tmp_path / "run", tmp_path / "hf")
     import_hf(tmp_path / "hf", tmp_path / "back")
-    back = load_classifier(tmp_path / "back")
-    assert back.labels == LABELS and back.config.model == model.config
+    back = load_run(tmp_path / "back")
+    assert labels_of(back) == LABELS and back.config.model == model.config
     assert back.model.pooling == model.pooling and back.model.drop.p == model.drop.p
-    lm_head = tuple(f"backbone.{p}" for p in LM_HEADS[cfg.kind])  # HF classifiers have no LM head
+    lm_head = tuple(f"backbone.{p}" for p in model.backbone.lm_head_prefixes)  # HF classifiers have none
     ours, theirs = model.state_dict(), back.model.state_dict()
     kept = [k for k in ours if not k.startswith(lm_head) or (cfg.tie_embeddings and k.endswith(
         ("lm_head.weight", "decoder.weight")))]

@@ -78,8 +78,8 @@ def _enc(n=10):
 
 def test_batches_are_pure_and_cover_each_epoch_once():
     labels = np.arange(10) % 2
-    a = LabeledBatches(_enc(), labels, 4, seed=3, pad_id=0, bert=False)
-    b = LabeledBatches(_enc(), labels, 4, seed=3, pad_id=0, bert=False)
+    a = LabeledBatches(_enc(), labels, 4, seed=3, pad_id=0, token_types=False)
+    b = LabeledBatches(_enc(), labels, 4, seed=3, pad_id=0, token_types=False)
     first_epoch = np.concatenate([a.indices(s) for s in range(3)])[:10]
     assert sorted(first_epoch) == list(range(10))
     assert (a.indices(7) == b.indices(7)).all()  # no state: asked out of order, same answer
@@ -90,7 +90,7 @@ def test_batches_are_pure_and_cover_each_epoch_once():
 
 def test_collate_pads_right_and_marks_segments():
     enc = Encoded([np.array([5, 6, 7, 8, 9]), np.array([5, 6, 7])], np.array([3, 2]), 0)
-    batch = collate(enc, np.array([0, 1]), np.array([1, 0]), pad_id=0, bert=True)
+    batch = collate(enc, np.array([0, 1]), np.array([1, 0]), pad_id=0, token_types=True)
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [5, 6, 7, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert batch["token_type_ids"].tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]]

@@ -1,7 +1,7 @@
-"""`load_run` / `read_run_config` on every kind of run folder, and the commands that take a run.
+"""`load_run` / `read_config` on every kind of run folder, and the commands that take a run.
 
-A fine-tuned run's config.toml has a [finetune] section: it reads as a `FinetuneRunConfig`, loads as a
-`LoadedClassifier`, and the language-model commands refuse it with a message that names the fix.
+A run's config.toml names its task: a fine-tuned run's reads as a `ClassifyConfig` and loads with its
+head and labels, and the language-model commands refuse it with a message that names the fix.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmforge.config import FinetuneRunConfig, RunConfig
 from lmforge.errors import LmforgeError
-from lmforge.run import LoadedRun, load_run, read_run_config
+from lmforge.runs import PretrainConfig
+from lmforge.tasks import LoadedRun, load_run, read_config
+from lmforge.tasks.classify import ClassifyConfig, classify, labels_of
 
 TINY = ("[model]\nkind = \"{kind}\"\ncontext_len = 32\nn_layer = 1\nn_head = 2\nd_model = 16\n{extra}\n"
         "[train]\nmax_steps = 2\nbatch_size = 4\neval_every = 0\neval_batches = 1\nsave_every = 2\n"
@@ -43,27 +44,45 @@ def runs(tmp_path_factory, tiny_shards) -> dict[str, Path]:
 
 
 def test_config_class_follows_the_folder(runs):
-    assert type(read_run_config(runs["gpt"])) is RunConfig
-    cfg = read_run_config(runs["clf"])
-    assert isinstance(cfg, FinetuneRunConfig) and cfg.finetune.from_run == str(runs["gpt"])
-    assert read_run_config(runs["clf"], ["finetune.seed=7"]).finetune.seed == 7
+    gpt = read_config(runs["gpt"])
+    assert type(gpt) is PretrainConfig and gpt.task == "causal_lm"
+    cfg = read_config(runs["clf"])
+    assert isinstance(cfg, ClassifyConfig) and cfg.task == "classify" and cfg.finetune.from_run == str(runs["gpt"])
+    assert read_config(runs["clf"], ["finetune.seed=7"]).finetune.seed == 7
+    assert read_config(runs["bert"]).task == "masked_lm" and read_config(runs["bert"]).mlm.mask_prob == 0.15
+
+
+def test_a_config_written_before_tasks_had_names_still_reads(runs, tmp_path):
+    """Old run folders have no `task` key and every section ([mlm] in a GPT run, [data] in a classifier)."""
+    import shutil
+
+    from lmforge.config import dumps_toml, read_toml
+
+    for name, extra in (("gpt", {"mlm": {"mask_prob": 0.15}}), ("clf", {"data": {"path": ""}})):
+        old = tmp_path / name
+        shutil.copytree(runs[name], old)
+        raw = read_toml(old / "config.toml")
+        del raw["task"]
+        (old / "config.toml").write_text(dumps_toml({**raw, **extra}))
+        assert read_config(old) == read_config(runs[name])
 
 
 def test_load_run_gives_the_classifier_of_a_finetuned_run(runs):
-    from lmforge.finetune import LoadedClassifier, classify, load_classifier
-    from lmforge.models.classifier import SequenceClassifier
+    from lmforge.models.heads import SequenceClassifier
 
     run = load_run(runs["clf"])
-    assert isinstance(run, LoadedClassifier) and isinstance(run, LoadedRun)
+    assert isinstance(run, LoadedRun) and run.task.name == "classify"
     assert isinstance(run.model, SequenceClassifier) and not run.model.training
-    assert run.labels == json.loads((runs["clf"] / "label_map.json").read_text())["labels"]
-    ref = load_classifier(runs["clf"])
+    assert labels_of(run) == json.loads((runs["clf"] / "label_map.json").read_text())["labels"]
+    ref = load_run(runs["clf"], "latest")
     ids = torch.tensor([run.tokenizer.encode("the model reads good text")])
     with torch.no_grad():
-        assert torch.equal(run.model(ids), ref.model(ids))
-    assert classify(run, ["the model reads bad text"])[0]["label"] in run.labels
+        assert torch.equal(run.model(ids), ref.model(ids))  # one checkpoint: best is the latest
+    assert classify(run, ["the model reads bad text"])[0]["label"] in labels_of(run)
     lm = load_run(runs["gpt"])
-    assert type(lm) is LoadedRun and not isinstance(lm.model, SequenceClassifier)
+    assert lm.task.name == "causal_lm" and not isinstance(lm.model, SequenceClassifier)
+    with pytest.raises(LmforgeError, match="not a classifier"):
+        classify(lm, ["text"])
 
 
 def test_language_model_commands_refuse_a_classifier(runs, cli):
@@ -75,10 +94,12 @@ def test_language_model_commands_refuse_a_classifier(runs, cli):
         assert f"pretrained run is {runs['gpt']}" in err and "lmforge classify" in err
     code, _, err = cli("pretrain", "--resume", clf)
     assert code == 2 and "lmforge finetune --resume" in err, err
-    with pytest.raises(LmforgeError, match="labeled file"):
-        from lmforge.evaluate import evaluate_run
+    from lmforge.pipeline import evaluate_run
 
-        evaluate_run(clf, runs["data"])
+    with pytest.raises(LmforgeError, match="pass --data FILE"):
+        evaluate_run(clf)
+    code, _, err = cli("eval", clf, "--data", runs["data"], "--split", "val")
+    assert code == 2 and "--split and --batches are for token shards" in err
 
 
 def test_eval_and_export_work_on_a_classifier(runs, cli, tmp_path):

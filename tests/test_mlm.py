@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge.config import MaskingConfig
-from lmforge.data.mlm import IGNORE_INDEX, MaskedLMBatches, SpecialTokens, mask_tokens, segment_table
+from lmforge.data.mlm import IGNORE_INDEX, MaskedLMBatches, MaskingConfig, SpecialTokens, mask_tokens, segment_table
 from lmforge.errors import LmforgeError
 
 PAD, UNK, CLS, SEP, MASK, EOT = range(6)
@@ -268,10 +267,9 @@ def test_errors_name_the_key_and_the_fix():
 def wordpiece_shards(tmp_path_factory):
     from conftest import make_chinese, make_english
 
-    from lmforge.config import ShardConfig, TokenizerConfig
     from lmforge.corpus.store import write_file
-    from lmforge.data.shards import TokenShards, build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.data.shards import ShardConfig, TokenShards, build_shards
+    from lmforge.tokenizer import TokenizerConfig, train_tokenizer
 
     root = tmp_path_factory.mktemp("wp")
     corpus = root / "corpus"

@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lmforge.config import GPTConfig, OptimConfig, ScheduleConfig
-from lmforge.models import build_model
-from lmforge.optim import Lamb, MultiOptimizer, build_optimizer, lr_at, param_groups
+from lmforge.models import GPTConfig, build_model
+from lmforge.optim import Lamb, MultiOptimizer, OptimConfig, ScheduleConfig, build_optimizer, lr_at, param_groups
 
 
 def _tiny_gpt(tie: bool = True) -> nn.Module:

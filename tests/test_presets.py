@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from lmforge.config import PRESETS_DIR, RunConfig, load_config
+from lmforge.config import PRESETS_DIR
+from lmforge.tasks import load_config
 
 PRESETS = sorted(p.stem for p in PRESETS_DIR.glob("*.toml"))
 
@@ -21,7 +22,7 @@ def test_preset_builds(name):
 
     from lmforge.models import build_model
 
-    cfg = load_config(RunConfig, name)
+    cfg = load_config(name)
     cfg.train.grad_accum_steps()  # batch_size divisible by micro_batch_size
     assert cfg.seq_len() <= cfg.model.context_len
     model_cfg = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or 256)
@@ -35,7 +36,7 @@ def test_gpt2_small_has_124m_parameters():
 
     from lmforge.models import build_model
 
-    cfg = load_config(RunConfig, "gpt2-small", ["model.vocab_size=50257"])
+    cfg = load_config("gpt2-small", ["model.vocab_size=50257"])
     with torch.device("meta"):
         model = build_model(cfg.model)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 124

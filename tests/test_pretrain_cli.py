@@ -26,11 +26,11 @@ def run(tmp_path_factory, tiny_shards):
 
 
 def test_run_folder_layout(run, tiny_shards):
-    from lmforge.config import RunConfig, load_config
+    from lmforge.tasks import load_config
     from lmforge.tokenizer import load_tokenizer
 
     assert {p.name for p in run.iterdir()} >= {"config.toml", "tokenizer", "metrics.jsonl", "checkpoints"}
-    cfg = load_config(RunConfig, run / "config.toml")
+    cfg = load_config(run / "config.toml")
     tok = load_tokenizer(tiny_shards)
     assert cfg.model.vocab_size == tok.vocab_size and cfg.train.max_steps == 6
     assert cfg.data.path == str(tiny_shards)
@@ -40,7 +40,7 @@ def test_run_folder_layout(run, tiny_shards):
 
 
 def test_load_run(run):
-    from lmforge.run import load_run
+    from lmforge.tasks import load_run
 
     loaded = load_run(run, "latest")
     assert loaded.step == 6 and not loaded.model.training
@@ -88,9 +88,8 @@ def test_bad_inputs(tmp_path, tiny_shards, cli):
 def test_resume_refuses_shards_of_another_tokenizer(run, tmp_path, tiny_shards, cli):
     import shutil
 
-    from lmforge.config import ShardConfig, TokenizerConfig
-    from lmforge.data.shards import build_shards
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.data.shards import ShardConfig, build_shards
+    from lmforge.tokenizer import TokenizerConfig, train_tokenizer
 
     corpus = tmp_path / "corpus"
     shutil.copytree(tiny_shards.parent / "corpus", corpus)

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from lmforge.checkpoint import list_checkpoints
-from lmforge.config import GPTConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from lmforge.data.loaders import ArrayTokens, CausalLMBatches
-from lmforge.models import build_model
+from lmforge.models import GPTConfig, build_model
 from lmforge.objectives import causal_lm_loss
-from lmforge.runtime import setup_runtime
-from lmforge.train import train
+from lmforge.optim import OptimConfig, ScheduleConfig
+from lmforge.runtime import RuntimeConfig, setup_runtime
+from lmforge.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 

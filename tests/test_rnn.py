@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from lmforge.config import RNNConfig
 from lmforge.errors import LmforgeError
-from lmforge.models import RNNLM, build_model
+from lmforge.models import RNNLM, RNNConfig, build_model
 
 
 def tiny(**kw) -> RNNLM:
@@ -56,9 +55,9 @@ def test_tying_needs_equal_sizes():
 
 
 def test_wikitext2_preset_is_the_classic_medium_lstm():
-    from lmforge.config import RunConfig, load_config
+    from lmforge.tasks import load_config
 
-    cfg = load_config(RunConfig, "rnn-lstm-wt2", ["model.vocab_size=33278"])
+    cfg = load_config("rnn-lstm-wt2", ["model.vocab_size=33278"])
     m, o = cfg.model, cfg.optim
     assert (m.cell, m.n_layer, m.d_hidden, m.dropout, m.tie_embeddings) == ("lstm", 2, 650, 0.5, True)
     assert (o.name, o.lr, o.momentum, cfg.train.grad_clip, cfg.train.batch_size, cfg.seq_len()) == \

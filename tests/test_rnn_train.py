@@ -11,13 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.config import OptimConfig, RNNConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from lmforge.data.loaders import ArrayTokens, StreamBatches, stream_eval_batches
 from lmforge.errors import LmforgeError
-from lmforge.models import build_model
+from lmforge.models import RNNConfig, build_model
 from lmforge.objectives import TruncatedBPTTLoss
-from lmforge.runtime import setup_runtime
-from lmforge.train import train
+from lmforge.optim import OptimConfig, ScheduleConfig
+from lmforge.runtime import RuntimeConfig, setup_runtime
+from lmforge.train import Evaluation, TrainConfig, train
 
 
 def _tiny_rnn(cell: str = "lstm", vocab: int = 30, dropout: float = 0.0) -> torch.nn.Module:
@@ -154,7 +154,7 @@ def word_shards(tmp_path_factory) -> Path:
     """Shards with a word tokenizer (`<eos>` after every line) from generated English lines."""
     from conftest import make_english, make_shards
 
-    from lmforge.config import TokenizerConfig
+    from lmforge.tokenizer import TokenizerConfig
 
     return make_shards(tmp_path_factory.mktemp("word_shards"), make_english(300, seed=2), 30,
                        TokenizerConfig(kind="word", vocab_size=500, min_frequency=1))
@@ -263,7 +263,7 @@ def test_pretrain_with_too_little_data_says_what_to_change(tmp_path, word_shards
 def _plateau_run(run_dir: Path, val_losses: list[float], calls: list[int], max_steps: int, resume=False):
     def evaluate_fn(model):
         calls[0] += 1
-        return {"loss": val_losses[calls[0] - 1]}
+        return Evaluation({"loss": val_losses[calls[0] - 1]})
 
     model = _tiny_rnn()
     data = ArrayTokens(np.arange(2000) % 30)

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmforge.config import ShardConfig, TokenizerConfig
 from lmforge.corpus.store import write_file
-from lmforge.data.shards import HEADER_SIZE, ShardWriter, TokenShards, build_shards
+from lmforge.data.shards import HEADER_SIZE, ShardConfig, ShardWriter, TokenShards, build_shards
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import load_tokenizer, train_tokenizer
+from lmforge.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
 
 
 def _write_split(folder: Path, docs: list[np.ndarray], shard_tokens: int,

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmforge.config import ShardConfig, TokenizerConfig
 from lmforge.corpus import iter_corpus
 from lmforge.corpus.store import write_file
-from lmforge.data.shards import TokenShards, build_shards
+from lmforge.data.shards import ShardConfig, TokenShards, build_shards
 from lmforge.errors import LmforgeError
-from lmforge.tokenizer import train_tokenizer
+from lmforge.tokenizer import TokenizerConfig, train_tokenizer
 
 
 @pytest.fixture

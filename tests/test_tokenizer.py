@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from lmforge.config import TokenizerConfig
 from lmforge.corpus.store import write_file
-from lmforge.tokenizer import ROLES, load_tokenizer, train_tokenizer
+from lmforge.tokenizer import ROLES, TokenizerConfig, load_tokenizer, train_tokenizer
 
 SAMPLES = ["Hello  world\n\n\ttabs here ", " leading space", "émoji 😀 中文 ok", "我们今天学习语言模型。"]
 VOCAB = {"bpe": 500, "wordpiece": 300, "unigram": 600, "char": 200, "word": 200}
@@ -149,9 +148,8 @@ def test_wordpiece_normalises_raw_text_like_the_corpus(tmp_path):
     full-width comma of raw Chinese text is the ASCII comma it was trained on, not [UNK]."""
     import unicodedata
 
-    from lmforge.config import TokenizerConfig
     from lmforge.corpus.store import write_file
-    from lmforge.tokenizer import train_tokenizer
+    from lmforge.tokenizer import TokenizerConfig, train_tokenizer
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()

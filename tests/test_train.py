@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from lmforge.checkpoint import list_checkpoints
-from lmforge.config import GPTConfig, OptimConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from lmforge.data.loaders import ArrayTokens, CausalLMBatches, eval_batches
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import evaluate_lm
-from lmforge.models import build_model
+from lmforge.models import GPTConfig, build_model
 from lmforge.objectives import causal_lm_loss, count_targets
-from lmforge.runtime import setup_runtime
-from lmforge.train import _forward_backward, train
+from lmforge.optim import OptimConfig, ScheduleConfig
+from lmforge.runtime import RuntimeConfig, setup_runtime
+from lmforge.train import Evaluation, TrainConfig, _forward_backward, train
 
 GOLDEN = Path(__file__).parent / "golden" / "gpt_tiny_losses.json"
 
@@ -44,8 +44,8 @@ def _train(tmp_path, steps=12, objective=causal_lm_loss, evaluate=True, **train_
     kw.update(train_kw)
     train_cfg = TrainConfig(**kw)
     val = _tokens(600, seed=1)
-    evaluate_fn = (lambda m: evaluate_lm(m, causal_lm_loss, eval_batches(val, 16, 8, 2), runtime, 1.5)) \
-        if evaluate else None
+    evaluate_fn = (lambda m: Evaluation(evaluate_lm(m, causal_lm_loss, eval_batches(val, 16, 8, 2), runtime,
+                                                    1.5))) if evaluate else None
     result = train(_model(), objective, CausalLMBatches(_tokens(), 16, 8, seed=3),
                    optim_cfg=OptimConfig(lr=3e-3), schedule_cfg=ScheduleConfig(warmup_steps=2),
                    train_cfg=train_cfg, runtime=runtime, run_dir=tmp_path, evaluate_fn=evaluate_fn)
@@ -179,3 +179,33 @@ def test_golden_losses(tmp_path):
         GOLDEN.write_text(json.dumps({"torch": torch.__version__, "losses": losses}, indent=2) + "\n")
     expected = json.loads(GOLDEN.read_text())["losses"]
     np.testing.assert_allclose(losses, expected, rtol=0, atol=1e-6)
+
+
+def test_an_evaluation_that_says_stop_saves_and_ends_the_run(tmp_path):
+    """Early stopping is a return value of the evaluation, not an exception from the batch source."""
+    runtime = setup_runtime(RuntimeConfig(device="cpu"))
+    calls = []
+
+    def evaluate_fn(model):
+        calls.append(1)
+        return Evaluation({"loss": 1.0}, stop="no better in 2 evaluations" if len(calls) == 2 else None)
+
+    result = train(_model(), causal_lm_loss, CausalLMBatches(_tokens(), 16, 8, seed=3), optim_cfg=OptimConfig(),
+                   schedule_cfg=ScheduleConfig(warmup_steps=2),
+                   train_cfg=TrainConfig(max_steps=20, batch_size=8, eval_every=3, save_every=100, progress=False),
+                   runtime=runtime, run_dir=tmp_path, evaluate_fn=evaluate_fn)
+    assert result.stopped == "early_stopping" and result.step == 6 and len(calls) == 2
+    assert list_checkpoints(tmp_path)[-1].name == "step-000006"  # saved although save_every is 100
+
+
+def test_the_plateau_state_lives_with_the_schedule():
+    from lmforge.optim import Schedule
+
+    schedule = Schedule(ScheduleConfig(name="plateau", warmup_steps=0, plateau_factor=0.5), max_steps=10)
+    for loss in (3.0, 2.0, 2.5):
+        schedule.observe(loss)
+    assert schedule.factor(5) == 0.5
+    again = Schedule(schedule.cfg, 10)
+    again.load_state_dict(schedule.state_dict())
+    again.observe(2.2)  # still no better than 2.0: cut again
+    assert again.factor(6) == 0.25

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from lmforge.atomic import output_dir, write_json, write_text
-from lmforge.config import CorpusConfig, dumps_toml, to_dict
+from lmforge.config import dumps_toml, to_dict
 from lmforge.corpus.clean import (
     InvalidUtf8,
     Junk,
@@ -24,6 +24,7 @@ from lmforge.corpus.clean import (
     StripControl,
     StripHtml,
 )
+from lmforge.corpus.config import CorpusConfig
 from lmforge.corpus.readers import ReadStats, check_extras, check_inputs, iter_inputs
 from lmforge.corpus.split import assign_splits, shuffle
 from lmforge.corpus.store import SplitWriter

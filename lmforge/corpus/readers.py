@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from lmforge.config import CorpusConfig
+from lmforge.corpus.config import CorpusConfig
 from lmforge.errors import LmforgeError
 
 COMPRESSED = (".gz", ".zst", ".xz")

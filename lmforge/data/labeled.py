@@ -6,8 +6,9 @@ the csv module, JSONL is one object per line. Column names are guessed when not 
 column names; without one, columns are named by their 0-based index. Empty texts are skipped and
 counted; a line with another number of columns than the first is an error naming file and line.
 
-Encoding: one text `[CLS] a [SEP]` (BERT) / `a` (GPT, RNN); a pair `[CLS] a [SEP] b [SEP]` with
-token_type_ids 0 then 1 (BERT) / `a <sep> b` (GPT, RNN). Examples longer than `max_length` are cut,
+Encoding, by the model's `input_format`: "cls_sep" (BERT) reads one text as `[CLS] a [SEP]` and a
+pair as `[CLS] a [SEP] b [SEP]` with token_type_ids 0 then 1; "plain" (GPT, RNN) reads `a` and
+`a <sep> b`. Examples longer than `max_length` are cut,
 longest text first, and counted.
 
 Batches are pure functions of (seed, step): global example g = step * B + i is position g % N of the
@@ -235,13 +236,13 @@ class Encoded:
     truncated: int
 
 
-def encode_examples(tokenizer, texts: list[str], pairs: list[str] | None, kind: str,
+def encode_examples(tokenizer, texts: list[str], pairs: list[str] | None, input_format: str,
                     max_length: int) -> Encoded:
-    """Encode (pairs of) texts the way `kind` ('bert', 'gpt', 'rnn') reads them, cut to `max_length`."""
+    """Encode (pairs of) texts in the model's `input_format` ("cls_sep" or "plain"), cut to `max_length`."""
     a = tokenizer.encode_batch(texts)
     b = tokenizer.encode_batch(pairs) if pairs is not None else None
-    bert = kind == "bert"
-    special = (3 if b is not None else 2) if bert else (1 if b is not None else 0)
+    cls_sep = input_format == "cls_sep"
+    special = (3 if b is not None else 2) if cls_sep else (1 if b is not None else 0)
     budget = max_length - special
     if budget < 2:
         raise LmforgeError(f"finetune.max_length={max_length} leaves no room for text: raise it")
@@ -251,7 +252,7 @@ def encode_examples(tokenizer, texts: list[str], pairs: list[str] | None, kind: 
         if len(x) + len(y) > budget:
             truncated += 1
             x, y = _truncate(x, y, budget)
-        if bert:
+        if cls_sep:
             seq = [tokenizer.cls_id, *x, tokenizer.sep_id]
             starts[i] = len(seq)
             if b is not None:
@@ -275,7 +276,7 @@ def _truncate(x: list[int], y: list[int], budget: int) -> tuple[list[int], list[
 
 
 def collate(enc: Encoded, index: np.ndarray, labels: np.ndarray | None, pad_id: int,
-            bert: bool) -> dict[str, torch.Tensor]:
+            token_types: bool) -> dict[str, torch.Tensor]:
     """Examples `index` padded on the right to the longest: input_ids, attention_mask (B, T), labels (B,)."""
     seqs = [enc.ids[i] for i in index]
     T = max(len(s) for s in seqs)
@@ -285,7 +286,7 @@ def collate(enc: Encoded, index: np.ndarray, labels: np.ndarray | None, pad_id: 
         ids[r, :len(s)] = s
         mask[r, :len(s)] = 1
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-    if bert:
+    if token_types:
         types = (np.arange(T)[None, :] >= enc.segment_starts[index][:, None]) & (mask == 1)  # (B, T)
         batch["token_type_ids"] = torch.from_numpy(types.astype(np.int64))
     if labels is not None:
@@ -293,23 +294,14 @@ def collate(enc: Encoded, index: np.ndarray, labels: np.ndarray | None, pad_id: 
     return batch
 
 
-class StopTraining(Exception):
-    """Raised by `LabeledBatches.get` once `stop` is set (early stopping ends the loop between steps)."""
-
-
 class LabeledBatches:
-    """Training batches: a seeded permutation per epoch, sliced by step (see the module docstring).
-
-    Setting `stop` to a reason makes the next `get` raise `StopTraining`: the loop has then finished the
-    step that set it, its evaluation and its checkpoint.
-    """
+    """Training batches: a seeded permutation per epoch, sliced by step (see the module docstring)."""
 
     def __init__(self, enc: Encoded, labels: np.ndarray, batch_size: int, seed: int, pad_id: int,
-                 bert: bool) -> None:
+                 token_types: bool) -> None:
         self.enc, self.labels, self.batch_size, self.seed = enc, labels, batch_size, seed
-        self.pad_id, self.bert, self.n = pad_id, bert, len(labels)
+        self.pad_id, self.token_types, self.n = pad_id, token_types, len(labels)
         self._perm_epoch, self._perm = -1, None
-        self.stop: str | None = None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:  # cached: consecutive steps share an epoch
@@ -328,16 +320,15 @@ class LabeledBatches:
 
     def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
             micro_batch: int | None = None) -> dict[str, torch.Tensor]:
-        if self.stop:
-            raise StopTraining(self.stop)
         b = micro_batch or self.batch_size // world
         k = micro * world + rank
         if (k + 1) * b > self.batch_size:
             raise ValueError(f"micro-batch {micro} of rank {rank} lies outside a batch of {self.batch_size}")
-        return collate(self.enc, self.indices(step)[k * b:(k + 1) * b], self.labels, self.pad_id, self.bert)
+        return collate(self.enc, self.indices(step)[k * b:(k + 1) * b], self.labels, self.pad_id,
+                       self.token_types)
 
 
-def eval_batches(enc: Encoded, labels: np.ndarray | None, batch_size: int, pad_id: int, bert: bool,
+def eval_batches(enc: Encoded, labels: np.ndarray | None, batch_size: int, pad_id: int, token_types: bool,
                  rank: int = 0, world: int = 1):
     """Every example once, in file order (sorted batches would pad less, but the order is the output's).
 
@@ -346,4 +337,4 @@ def eval_batches(enc: Encoded, labels: np.ndarray | None, batch_size: int, pad_i
     """
     for start in range(rank * batch_size, len(enc.ids), world * batch_size):
         index = np.arange(start, min(start + batch_size, len(enc.ids)))
-        yield collate(enc, index, labels, pad_id, bert)
+        yield collate(enc, index, labels, pad_id, token_types)

@@ -14,12 +14,24 @@ Dimension letters: B batch (micro-batch on one process), T sequence length.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 import torch
 
 from lmforge.errors import LmforgeError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    path: str = ""
+    """Shards folder (made by `lmforge shards build`)."""
+    seq_len: int = 0
+    """Tokens per training sequence; 0 means the model's context_len."""
+    train_split: str = "train"
+    val_split: str = "val"
+
 
 
 class TokenSource(Protocol):

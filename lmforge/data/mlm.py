@@ -28,8 +28,28 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lmforge.config import MaskingConfig
+from lmforge.config import check
 from lmforge.errors import LmforgeError
+
+
+@dataclass(frozen=True)
+class MaskingConfig:
+    mask_prob: float = 0.15
+    """Share of (non-special) tokens selected for prediction."""
+    mask_token_prob: float = 0.8
+    """Of the selected: replaced by [MASK]."""
+    random_token_prob: float = 0.1
+    """Of the selected: replaced by a random token (the rest stay unchanged)."""
+    whole_word: bool = False
+    """Select whole words instead of single tokens."""
+    cross_documents: bool = False
+    """Let a packed sequence continue into the next document."""
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.mask_prob < 1.0, "mlm.mask_prob", "must be in (0, 1)")
+        check(self.mask_token_prob + self.random_token_prob <= 1.0, "mlm.random_token_prob",
+               "mask_token_prob + random_token_prob must be <= 1")
+
 
 IGNORE_INDEX = -100
 """Label of tokens that are not predicted (torch's cross_entropy default ignore_index)."""

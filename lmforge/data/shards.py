@@ -23,13 +23,24 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from lmforge.config import ShardConfig, dumps_toml
+from lmforge.config import dumps_toml
 from lmforge.errors import LmforgeError
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    shard_tokens: int = 100_000_000
+    """Tokens per shard file (the last one holds the rest)."""
+    num_workers: int = 0
+    """Encoding processes; 0 means one per core."""
+    batch_docs: int = 1024
+    """Documents handed to a worker at a time."""
+
 
 MAGIC = b"LMFSHARD"
 VERSION = 1

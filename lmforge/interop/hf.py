@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from lmforge.config import BertConfig, GPTConfig
 from lmforge.errors import LmforgeError
+from lmforge.models import BertConfig, GPTConfig
 
 Row = tuple[str, str, str, str]  # (hf name, lmforge name, how, when)
 

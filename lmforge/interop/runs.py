@@ -13,15 +13,14 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from lmforge.errors import LmforgeError
 from lmforge.interop import hf
 from lmforge.interop.hf_tokenizer import export_tokenizer, import_tokenizer
+from lmforge.runs import save_run
 
 HF_PREFIX = "hf:"
 
@@ -35,12 +34,13 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
     from safetensors.torch import save_file
 
     from lmforge.atomic import output_dir, write_json
-    from lmforge.run import load_run, read_run_config
+    from lmforge.tasks import get_task, load_run, read_config
 
     run_dir, out = resolve_run(run), Path(out)
-    if (run_dir / "label_map.json").is_file():
+    run_cfg = read_config(run_dir)
+    if get_task(run_cfg.task).head:
         return _export_classifier(run_dir, out, checkpoint, overwrite)
-    cfg = read_run_config(run_dir).model
+    cfg = run_cfg.model
     family = hf.family_for(cfg)  # refuse before loading any weights
     loaded = load_run(run_dir, checkpoint)
     tok = loaded.tokenizer
@@ -65,10 +65,11 @@ def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: boo
     from safetensors.torch import save_file
 
     from lmforge.atomic import output_dir, write_json
-    from lmforge.finetune import load_classifier
+    from lmforge.tasks import load_run
+    from lmforge.tasks.classify import labels_of
 
-    clf = load_classifier(run_dir, checkpoint)
-    cfg, tok, model = clf.config.model, clf.tokenizer, clf.model
+    clf = load_run(run_dir, checkpoint)
+    cfg, tok, model, labels = clf.config.model, clf.tokenizer, clf.model, labels_of(clf)
     family = hf.family_for(cfg)
     if model.pooling != hf.CLASSIFIER_POOLING[family]:
         raise LmforgeError(f"finetune.pooling = {json.dumps(model.pooling)} has no Hugging Face equivalent "
@@ -77,8 +78,8 @@ def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: boo
     tensors = hf.to_hf_state(model.state_dict(), cfg, family, hf.classifier_key_map(family, cfg))
     config = hf.to_hf_config(cfg, family, hf.SpecialIds(bos=tok.eot_id, eos=tok.eot_id, pad=tok.pad_id))
     config["architectures"] = [hf.classifier_arch(family)]
-    config["id2label"] = {str(i): label for i, label in enumerate(clf.labels)}
-    config["label2id"] = {label: i for i, label in enumerate(clf.labels)}
+    config["id2label"] = {str(i): label for i, label in enumerate(labels)}
+    config["label2id"] = {label: i for i, label in enumerate(labels)}
     if family == "bert":
         config["classifier_dropout"] = model.drop.p
     with output_dir(out, overwrite=overwrite) as tmp:
@@ -86,7 +87,7 @@ def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: boo
         write_json(tmp / "config.json", config)
         export_tokenizer(tok, tmp, family, cfg.context_len)
     print(f"lmforge: exported {run_dir} (step {clf.step}) as {config['architectures'][0]} with "
-          f"{len(clf.labels)} labels -> {out}")
+          f"{len(labels)} labels -> {out}")
     return out
 
 
@@ -109,7 +110,9 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: 
     A *ForSequenceClassification folder becomes a fine-tuned run (what `lmforge finetune` writes:
     [finetune] in config.toml, label_map.json from id2label); anything else a pretrained run.
     """
+    from lmforge.config import to_dict
     from lmforge.models import build_model
+    from lmforge.tasks import config_from
 
     folder, out, source = _source_folder(str(src)), Path(out), str(src)
     raw_cfg = hf.read_hf_config(folder)
@@ -125,7 +128,8 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: 
     model = build_model(cfg)
     fresh = _load_checked(model, hf.from_hf_state(tensors, cfg, family, source), cfg, family, "")
     unused = hf.unused_tensors(tensors, cfg, family)
-    save_run(out, model, tok, overwrite=overwrite, meta={"imported_from": source})
+    run_cfg = config_from({"model": to_dict(cfg)})  # the model's pretraining task
+    save_run(out, model, tok, run_cfg, overwrite=overwrite, meta={"imported_from": source})
     if not quiet:
         print(f"lmforge: imported {source} ({hf.FAMILIES[family]['lm']}) -> {out}{_notes(fresh, unused)}")
     return out
@@ -133,7 +137,7 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: 
 
 def _normalise_config(cfg, family: str, tensors: dict[str, torch.Tensor]):
     """lmforge's spelling of what the checkpoint holds, so configs compare equal after a round trip."""
-    from lmforge.config import replace
+    from dataclasses import replace
 
     if cfg.d_ff and cfg.d_ff == replace(cfg, d_ff=0).ff_width():
         cfg = replace(cfg, d_ff=0)  # lmforge's "default width"
@@ -150,11 +154,9 @@ def _load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg, f
     `prefix` is where the base model's names start (`backbone.` in a classifier), whose LM head an
     HF classifier does not have: classification never runs it, so it keeps its initialisation.
     """
-    from lmforge.finetune import LM_HEADS
-
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {f"{prefix}lm_head.weight", f"{prefix}decoder.weight"} if cfg.tie_embeddings else set()
-    head = tuple(prefix + p for p in LM_HEADS.get(cfg.kind, ())) if prefix else ()
+    head = tuple(prefix + p for p in model.backbone.lm_head_prefixes) if prefix else ()
     fresh = sorted(m for m in set(missing) - tied if not (head and m.startswith(head)))
     if unexpected or any(not m.endswith(hf.OPTIONAL_ON_IMPORT) for m in fresh):
         raise AssertionError(f"key map of {family} is inconsistent: missing {fresh}, unexpected {unexpected}")
@@ -168,10 +170,9 @@ def _notes(fresh: list[str], unused: list[str]) -> str:
 
 def _import_classifier(raw_cfg: dict, family: str, cfg, tensors: dict[str, torch.Tensor], tok, out: Path,
                        source: str, overwrite: bool, quiet: bool) -> Path:
-    """A *ForSequenceClassification folder -> a fine-tuned run folder that load_classifier reads."""
-    from lmforge.config import FinetuneConfig, FinetuneRunConfig
-    from lmforge.finetune import LABEL_MAP, label_map_json
-    from lmforge.models.classifier import SequenceClassifier
+    """A *ForSequenceClassification folder -> a fine-tuned classify run folder."""
+    from lmforge.models.heads import SequenceClassifier
+    from lmforge.tasks.classify import LABEL_MAP, ClassifyArgs, ClassifyConfig, label_map_json
 
     arch = hf.classifier_arch(family)
     rows = hf.classifier_key_map(family, cfg)
@@ -180,43 +181,15 @@ def _import_classifier(raw_cfg: dict, family: str, cfg, tensors: dict[str, torch
     dropout = raw_cfg.get("classifier_dropout")
     if dropout is None:  # HF's BERT head falls back on the hidden dropout; GPT heads have none
         dropout = raw_cfg.get("hidden_dropout_prob", 0.1) if family == "bert" else 0.1
-    ft = FinetuneConfig(pooling="auto", classifier_dropout=float(dropout))
+    ft = ClassifyArgs(pooling="auto", classifier_dropout=float(dropout))
     model = SequenceClassifier(cfg, len(labels), ft.pooling, ft.classifier_dropout)
     fresh = _load_checked(model, state, cfg, family, "backbone.")
     unused = hf.unused_tensors(tensors, cfg, family, rows)
-    save_run(out, model, tok, overwrite=overwrite, meta={"imported_from": source},
-             config=FinetuneRunConfig(model=cfg, finetune=ft), files={LABEL_MAP: label_map_json(labels, {})})
+    save_run(out, model, tok, ClassifyConfig(task="classify", model=cfg, finetune=ft), overwrite=overwrite,
+             meta={"imported_from": source}, files={LABEL_MAP: label_map_json(labels, {})})
     if not quiet:
         print(f"lmforge: imported {source} ({arch}, {len(labels)} labels: {', '.join(labels[:5])}"
               f"{', ...' if len(labels) > 5 else ''}) -> {out}{_notes(fresh, unused)}")
-    return out
-
-
-def save_run(out: str | Path, model: torch.nn.Module, tok, step: int = 0, overwrite: bool = False,
-             meta: dict | None = None, config=None, files: dict[str, Any] | None = None) -> Path:
-    """Write `model` and `tok` as a run folder with one checkpoint (weights only, no optimizer state).
-
-    `config` is the run's config (default: a RunConfig of `model.config`); `files` are JSON files
-    written beside it (name -> content), such as a classifier's label_map.json.
-    """
-    from safetensors.torch import save_model
-
-    from lmforge.atomic import output_dir, write_json
-    from lmforge.checkpoint import checkpoint_dir
-    from lmforge.config import RunConfig, save_config
-
-    out = Path(out)
-    with output_dir(out, overwrite=overwrite) as tmp:
-        save_config(config or RunConfig(model=model.config), tmp / "config.toml")
-        for name, content in (files or {}).items():
-            write_json(tmp / name, content)
-        tok.save(tmp / "tokenizer")
-        ckpt = checkpoint_dir(tmp, step)
-        ckpt.mkdir(parents=True)
-        save_model(model, str(ckpt / "model.safetensors"))
-        shutil.copy2(tmp / "config.toml", ckpt / "config.toml")
-        shutil.copytree(tmp / "tokenizer", ckpt / "tokenizer")
-        write_json(ckpt / "meta.json", {"step": step, "tokens": 0, "val_loss": None, **(meta or {})})
     return out
 
 

@@ -1,29 +1,54 @@
-"""Model registry: `build_model(cfg)` picks the class from `cfg.kind`.
+"""Model registry and the backbone contract: `build_model(cfg)` picks the class from `cfg.kind`.
 
-Every model is a plain `nn.Module` with `.config`, `num_params(non_embedding=False)` and
-`flops_per_token(seq_len)`; compile and parallel wrappers are applied to it afterwards.
+Every model is a plain `nn.Module` built from its config (the dataclass beside it in its file);
+compile and parallel wrappers are applied to it afterwards. What heads, tasks, generation and export
+rely on is this contract, so no code outside `models/` (and `interop/`, which maps names) tests a
+model's kind:
+
+| member | what it is |
+| --- | --- |
+| `config.hidden_size`, `config.max_positions` | width of the hidden states; longest input (None: any) |
+| `hidden(input_ids, attention_mask, token_type_ids)` | final hidden states (B, T, C), no LM head |
+| `pretraining_task` | the task that pretrains it: "causal_lm", "masked_lm" or "bptt" |
+| `decoding` | how it generates: "kv_cache", "recurrent", or None (it cannot) |
+| `input_format` | "plain" (ids; a pair joined by [SEP]) or "cls_sep" ([CLS] a [SEP] b [SEP], token types) |
+| `default_pooling`, `pool(h)` | "cls" (its [CLS] pooler, `pool`) or "last" (the last real token) |
+| `lm_head_prefixes`, `pooler_prefixes` | parameter-name prefixes of the LM head's and the pooler's own tensors |
+| `classifier_bias`, `classifier_dropout` | the sequence-classification head of its HF family |
+| `layer_of(name)` | depth of a parameter: 0 embeddings, 1..n_layer blocks, n_layer + 1 top |
+| `blocks` (transformers) | its layers, an `nn.ModuleList` (FSDP shards each) |
+| `num_params(non_embedding)`, `flops_per_token(seq_len)` | size and training cost |
 """
 
 from __future__ import annotations
 
 import torch.nn as nn
 
-from lmforge.config import ModelConfig
 from lmforge.errors import LmforgeError
-from lmforge.models.bert import Bert
-from lmforge.models.gpt import GPT, KVCache
-from lmforge.models.rnn import RNNLM
+from lmforge.models.bert import Bert, BertConfig
+from lmforge.models.gpt import GPT, GPTConfig, KVCache
+from lmforge.models.rnn import RNNLM, RNNConfig
+
+ModelConfig = GPTConfig | BertConfig | RNNConfig
+"""The [model] section: whichever config its `kind` names."""
 
 MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": Bert, "rnn": RNNLM}
 
-__all__ = ["MODELS", "GPT", "Bert", "RNNLM", "KVCache", "build_model"]
+__all__ = ["MODELS", "GPT", "GPTConfig", "Bert", "BertConfig", "RNNLM", "RNNConfig", "KVCache", "ModelConfig",
+           "build_model", "model_class"]
+
+
+def model_class(cfg: ModelConfig) -> type[nn.Module]:
+    """The class `cfg` builds: its contract attributes can be read before building it."""
+    if cfg.kind not in MODELS:
+        raise LmforgeError(f"config key 'model.kind' = {cfg.kind!r} is not one of {', '.join(MODELS)}")
+    return MODELS[cfg.kind]
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A freshly initialised model for `cfg` (seed torch first for reproducible weights)."""
-    if cfg.kind not in MODELS:
-        raise LmforgeError(f"config key 'model.kind' = {cfg.kind!r} is not one of {', '.join(MODELS)}")
+    cls = model_class(cfg)
     if cfg.vocab_size <= 0:
         raise LmforgeError("config key 'model.vocab_size' is 0: set it, or build the model from a run whose "
                            "tokenizer fills it in")
-    return MODELS[cfg.kind](cfg)
+    return cls(cfg)

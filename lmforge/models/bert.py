@@ -8,11 +8,52 @@ Every weight corresponds to exactly one tensor of `transformers.BertForMaskedLM`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.config import BertConfig
+from lmforge.config import check
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    kind: Literal["bert"] = "bert"
+    vocab_size: int = 0
+    """Vocabulary size; 0 takes it from the tokenizer."""
+    context_len: int = 128
+    """Number of position embeddings."""
+    n_layer: int = 2
+    n_head: int = 2
+    d_model: int = 128
+    d_ff: int = 0
+    """MLP hidden width; 0 means 4*d_model."""
+    type_vocab_size: int = 2
+    """Segment (token type) embeddings; 0 disables them."""
+    pre_norm: bool = False
+    """Pre-norm blocks instead of BERT's post-norm."""
+    norm_eps: float = 1e-12
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        check(self.d_model % self.n_head == 0, "model.d_model", f"must be divisible by model.n_head={self.n_head}")
+
+    def ff_width(self) -> int:
+        return self.d_ff or 4 * self.d_model
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+    @property
+    def max_positions(self) -> int:
+        return self.context_len
+
 
 
 class Attention(nn.Module):
@@ -65,6 +106,15 @@ class Block(nn.Module):
 
 
 class Bert(nn.Module):
+    # the backbone contract (models/__init__.py)
+    pretraining_task = "masked_lm"
+    decoding = None
+    input_format = "cls_sep"
+    default_pooling = "cls"
+    lm_head_prefixes = ("head_dense.", "head_norm.", "decoder.")
+    pooler_prefixes = ("pooler.",)
+    classifier_bias = classifier_dropout = True  # HF's BertForSequenceClassification head
+
     def __init__(self, cfg: BertConfig):
         super().__init__()
         if cfg.vocab_size <= 0:
@@ -93,7 +143,7 @@ class Bert(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T, C); attention_mask (B, T) is 1 for tokens, 0 for padding."""
         B, T = input_ids.shape
@@ -122,7 +172,7 @@ class Bert(nn.Module):
         The head (dense, norm and the V-wide decoder) costs as much as the whole encoder of a small BERT
         when run at every position; pretraining only needs it at the ~15% masked ones.
         """
-        h = self.encode(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        h = self.hidden(input_ids, attention_mask, token_type_ids)  # (B, T, C)
         if positions is not None:
             h = h.gather(1, positions[:, :, None].expand(-1, -1, h.size(-1)))  # (B, P, C)
         h = self.head_norm(F.gelu(self.head_dense(h)))
@@ -131,6 +181,14 @@ class Bert(nn.Module):
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """The [CLS] summary for classification: tanh(dense(hidden[:, 0])), (B, C)."""
         return torch.tanh(self.pooler(hidden[:, 0]))
+
+    def layer_of(self, name: str) -> int:
+        """Depth of a parameter: 0 the embeddings, 1..n_layer the blocks, n_layer + 1 the top."""
+        parts = name.split(".")
+        if parts[0] == "blocks":
+            return int(parts[1]) + 1
+        embeddings = ("word_embeddings", "position_embeddings", "token_type_embeddings", "emb_norm")
+        return 0 if parts[0] in embeddings else self.config.n_layer + 1
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters (a tied matrix once); `non_embedding` leaves out the word/position/segment tables."""

@@ -10,12 +10,60 @@ exactly (the tests compare logits with `transformers.GPT2LMHeadModel`).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.config import GPTConfig
+from lmforge.config import check
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    kind: Literal["gpt"] = "gpt"
+    vocab_size: int = 0
+    """Vocabulary size; 0 takes it from the tokenizer."""
+    context_len: int = 256
+    """Longest sequence the model attends over (positions)."""
+    n_layer: int = 4
+    n_head: int = 4
+    d_model: int = 256
+    d_ff: int = 0
+    """MLP hidden width; 0 means 4*d_model (GELU/ReLU^2) or 8/3*d_model rounded to 64 (SwiGLU)."""
+    pos: Literal["learned", "rope"] = "learned"
+    rope_theta: float = 10000.0
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    norm_eps: float = 1e-5
+    mlp: Literal["gelu", "swiglu", "relu2"] = "gelu"
+    bias: bool = True
+    """Biases in linear layers and LayerNorm (GPT-2 has them)."""
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+    """Std of the normal init; residual projections get init_std / sqrt(2 * n_layer)."""
+
+    def __post_init__(self) -> None:
+        check(self.d_model % self.n_head == 0, "model.d_model", f"must be divisible by model.n_head={self.n_head}")
+        check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.pos",
+               "rope needs an even head size (d_model / n_head)")
+
+    def ff_width(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            return 64 * ((8 * self.d_model // 3 + 63) // 64)
+        return 4 * self.d_model
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_model
+
+    @property
+    def max_positions(self) -> int:
+        return self.context_len
+
 
 
 class KVCache:
@@ -132,6 +180,15 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    # the backbone contract (models/__init__.py)
+    pretraining_task = "causal_lm"
+    decoding = "kv_cache"
+    input_format = "plain"
+    default_pooling = "last"
+    lm_head_prefixes = ("lm_head.",)
+    pooler_prefixes = ()
+    classifier_bias = classifier_dropout = False  # HF's GPT2/Llama ForSequenceClassification heads
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         if cfg.vocab_size <= 0:
@@ -161,10 +218,14 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(input_ids, kv_cache))  # (B, T, V)
+        return self.lm_head(self.hidden(input_ids, kv_cache=kv_cache))  # (B, T, V)
 
-    def hidden_states(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        """Everything but the LM head: the final-norm hidden states (B, T, C), as HF GPT2Model returns."""
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Everything but the LM head: the final-norm hidden states (B, T, C), as HF GPT2Model returns.
+
+        Attention is causal, so a real token never sees the right padding after it: the mask is not
+        needed (and a GPT has no token types)."""
         B, T = input_ids.shape
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.context_len:
@@ -187,6 +248,13 @@ class GPT(nn.Module):
         cfg, w = self.config, self.wte.weight
         return KVCache(cfg.n_layer, batch_size, cfg.n_head, max_len or cfg.context_len,
                        cfg.d_model // cfg.n_head, device=w.device, dtype=w.dtype)
+
+    def layer_of(self, name: str) -> int:
+        """Depth of a parameter: 0 the embeddings, 1..n_layer the blocks, n_layer + 1 the top."""
+        parts = name.split(".")
+        if parts[0] == "blocks":
+            return int(parts[1]) + 1
+        return 0 if parts[0] in ("wte", "wpe") else self.config.n_layer + 1
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters (a tied matrix once); `non_embedding` leaves out the token and position tables."""

@@ -8,15 +8,58 @@ The state carries across truncated-BPTT windows: pass the state a forward return
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn as nn
 
-from lmforge.config import RNNConfig
+from lmforge.config import check
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    kind: Literal["rnn"] = "rnn"
+    vocab_size: int = 0
+    """Vocabulary size; 0 takes it from the tokenizer."""
+    cell: Literal["lstm", "gru", "rnn_tanh", "rnn_relu"] = "lstm"
+    context_len: int = 35
+    """Truncated-BPTT length: tokens per training window."""
+    n_layer: int = 2
+    d_embed: int = 650
+    d_hidden: int = 650
+    dropout: float = 0.5
+    tie_embeddings: bool = True
+    """Share input and output embeddings (needs d_embed == d_hidden)."""
+    init_range: float = 0.1
+
+    def __post_init__(self) -> None:
+        check(not self.tie_embeddings or self.d_embed == self.d_hidden, "model.tie_embeddings",
+               "needs model.d_embed == model.d_hidden")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.d_hidden
+
+    @property
+    def max_positions(self) -> None:
+        """None: a recurrent model reads any length (context_len is only its training window)."""
+        return None
+
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class RNNLM(nn.Module):
+    # the backbone contract (models/__init__.py)
+    pretraining_task = "bptt"
+    decoding = "recurrent"
+    input_format = "plain"
+    default_pooling = "last"
+    lm_head_prefixes = ("decoder.",)
+    pooler_prefixes = ()
+    classifier_bias = classifier_dropout = True
+
     def __init__(self, cfg: RNNConfig):
         super().__init__()
         if cfg.vocab_size <= 0:
@@ -48,8 +91,10 @@ class RNNLM(nn.Module):
         y, state = self.rnn(x, state)  # (B, T, H)
         return self.decoder(self.drop(y)), state  # (B, T, V)
 
-    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The last layer's output at every position (B, T, H), from a zero state; no decoder."""
+    def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The last layer's output at every position (B, T, H), from a zero state; no decoder. Reading
+        left to right, a real token never sees the right padding after it (no mask needed)."""
         x = self.drop(self.encoder(input_ids))  # (B, T, E)
         y, _ = self.rnn(x, self.init_state(input_ids.size(0), input_ids.device))  # (B, T, H)
         return self.drop(y)
@@ -64,6 +109,12 @@ class RNNLM(nn.Module):
     def detach_state(state: State) -> State:
         """The same state cut from the graph that produced it (truncated BPTT)."""
         return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+
+    def layer_of(self, name: str) -> int:
+        """Depth of a parameter: 0 the embedding, 1..n_layer the cells' layers, n_layer + 1 the decoder."""
+        if name.startswith("rnn."):  # weight_ih_l0, bias_hh_l1, ...
+            return int(name.rpartition("_l")[2]) + 1
+        return 0 if name.startswith("encoder.") else self.config.n_layer + 1
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters (a tied matrix once); `non_embedding` leaves out the input embedding table."""

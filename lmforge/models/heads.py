@@ -1,10 +1,10 @@
-"""Sequence classification: a pretrained backbone (GPT, BERT or RNN) plus a linear head.
+"""Task heads on a pretrained backbone (any model of the registry, through the backbone contract).
 
-Dimensions: B batch, T sequence length, C hidden width (d_model, or d_hidden for the RNN), L labels.
+Dimensions: B batch, T sequence length, C hidden width (`config.hidden_size`), L labels.
 
 State-dict names are `backbone.*` (the unchanged names of the pretrained model, so its checkpoint
-loads into `backbone` as is) and `head.*`, and each head is the one `transformers` uses, so export is
-a renaming:
+loads into `backbone` as is) and `head.*`; each head is the one `transformers` uses for the
+backbone's family, so export is a renaming:
 
 | backbone | pooling (default)                | head                         | HF class                      |
 | -------- | -------------------------------- | ---------------------------- | ----------------------------- |
@@ -21,13 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from lmforge.config import ModelConfig
+from lmforge.models import ModelConfig, build_model, model_class
 
 POOLINGS = ("auto", "last", "mean", "cls")
-
-
-def default_pooling(kind: str) -> str:
-    return "cls" if kind == "bert" else "last"
 
 
 class SequenceClassifier(nn.Module):
@@ -36,24 +32,21 @@ class SequenceClassifier(nn.Module):
     def __init__(self, model_cfg: ModelConfig, num_labels: int, pooling: str = "auto",
                  dropout: float = 0.1) -> None:
         super().__init__()
-        from lmforge.models import build_model  # the registry imports this module's siblings
-
+        kind = model_class(model_cfg)
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        pooling = default_pooling(model_cfg.kind) if pooling == "auto" else pooling
-        if pooling == "cls" and model_cfg.kind != "bert":
-            raise ValueError(f"pooling='cls' needs a BERT backbone ({model_cfg.kind} has no [CLS] pooler)")
+        pooling = kind.default_pooling if pooling == "auto" else pooling
+        if pooling == "cls" and kind.default_pooling != "cls":
+            raise ValueError(f"pooling='cls' needs a backbone with a [CLS] pooler ({model_cfg.kind} has none)")
         if num_labels < 2:
             raise ValueError(f"a classifier needs at least 2 labels, got {num_labels}")
-        self.config, self.kind, self.pooling, self.num_labels = model_cfg, model_cfg.kind, pooling, num_labels
+        self.config, self.pooling, self.num_labels = model_cfg, pooling, num_labels
         self.layerwise_lr_decay = 1.0
         """Set by fine-tuning: the lr of each layer below the head is this times the one above."""
         self.backbone = build_model(model_cfg)
-        width = model_cfg.d_hidden if model_cfg.kind == "rnn" else model_cfg.d_model
-        self.drop = nn.Dropout(0.0 if model_cfg.kind == "gpt" else dropout)  # HF's GPT-2 head has none
-        self.head = nn.Linear(width, num_labels, bias=model_cfg.kind != "gpt")
-        std = getattr(model_cfg, "init_std", 0.02)
-        nn.init.normal_(self.head.weight, mean=0.0, std=std)
+        self.drop = nn.Dropout(dropout if kind.classifier_dropout else 0.0)
+        self.head = nn.Linear(model_cfg.hidden_size, num_labels, bias=kind.classifier_bias)
+        nn.init.normal_(self.head.weight, mean=0.0, std=getattr(model_cfg, "init_std", 0.02))
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
 
@@ -62,14 +55,9 @@ class SequenceClassifier(nn.Module):
         """The pooled representation the head reads, (B, C)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        if self.kind == "bert":
-            h = self.backbone.encode(input_ids, attention_mask, token_type_ids)  # (B, T, C)
-            if self.pooling == "cls":
-                return self.backbone.pool(h)  # (B, C)
-        elif self.kind == "gpt":
-            h = self.backbone.hidden_states(input_ids)  # (B, T, C); causal, so right padding is unseen
-        else:
-            h = self.backbone.hidden_states(input_ids)  # (B, T, H)
+        h = self.backbone.hidden(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        if self.pooling == "cls":
+            return self.backbone.pool(h)  # (B, C)
         mask = attention_mask.to(h.dtype)  # (B, T)
         if self.pooling == "mean":
             return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)  # (B, C)
@@ -80,25 +68,29 @@ class SequenceClassifier(nn.Module):
                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.drop(self.features(input_ids, attention_mask, token_type_ids)))  # (B, L)
 
-    def freeze_backbone(self) -> None:
-        """Train the head only (and BERT's pooler, which belongs to the classification path)."""
+    def unused_prefixes(self) -> tuple[str, ...]:
+        """Backbone parameters classification never runs: the LM head, and the pooler unless pooling
+        is cls. A head weight tied to the embedding is named (and trained) as the embedding."""
+        unused = self.backbone.lm_head_prefixes
+        return unused if self.pooling == "cls" else unused + self.backbone.pooler_prefixes
+
+    def freeze_unused(self) -> None:
+        """requires_grad=False on what the classifier never runs: DDP must not wait for gradients that
+        never come, and the optimizer leaves them out."""
         for name, p in self.backbone.named_parameters():
-            p.requires_grad = self.kind == "bert" and self.pooling == "cls" and name.startswith("pooler.")
+            if name.startswith(self.unused_prefixes()):
+                p.requires_grad_(False)
+
+    def freeze_backbone(self) -> None:
+        """Train the head only (and the [CLS] pooler, which belongs to the classification path)."""
+        for name, p in self.backbone.named_parameters():
+            p.requires_grad = self.pooling == "cls" and name.startswith(self.backbone.pooler_prefixes)
 
     def layer_of(self, name: str) -> int:
-        """Depth of a parameter for layer-wise lr decay: 0 embeddings, 1..n_layer blocks, n_layer+1 top."""
-        n = self.config.n_layer
-        if not name.startswith("backbone."):
-            return n + 1
-        parts = name.split(".")
-        if parts[1] == "blocks":
-            return int(parts[2]) + 1
-        if parts[1] == "rnn":  # weight_ih_l0, bias_hh_l1, ...
-            return int(parts[2].rpartition("_l")[2]) + 1
-        if parts[1] in ("wte", "wpe", "word_embeddings", "position_embeddings", "token_type_embeddings",
-                        "emb_norm", "encoder"):
-            return 0
-        return n + 1  # final norm, pooler, decoder
+        """Depth for layer-wise lr decay: the backbone's depths, the head on top (n_layer + 1)."""
+        if name.startswith("backbone."):
+            return self.backbone.layer_of(name[len("backbone."):])
+        return self.config.n_layer + 1
 
     def lr_scales(self) -> dict[str, float]:
         """Name -> lr multiplier `layerwise_lr_decay ** (top depth - its depth)`; the optimizer reads it."""

@@ -1,0 +1,101 @@
+"""The task layer: every task by name, run configs typed by their task, and runs loaded back.
+
+| task | trains | on | inference |
+| --- | --- | --- | --- |
+| causal_lm | a GPT to predict the next token | token shards | generate |
+| masked_lm | a BERT to predict masked tokens | token shards | fill-mask |
+| bptt | a recurrent LM, state carried across windows | token shards | generate |
+| classify | a head on a pretrained run, one label per text | labeled files | classify |
+
+A run config names its task (`task = "..."`); without one, a config with [finetune] is a classifier's
+and any other trains its model's pretraining task (`pretraining_task` of the model class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+from lmforge import runs
+from lmforge.config import apply_overrides, from_dict, merge, read_toml, resolve_preset
+from lmforge.errors import LmforgeError
+from lmforge.models import MODELS
+from lmforge.tasks import bptt, causal_lm, classify, masked_lm
+from lmforge.tasks.task import LoadedRun, Source, Task, TaskData
+
+TASKS: dict[str, Task] = {t.name: t for t in (causal_lm.TASK, masked_lm.TASK, bptt.TASK, classify.TASK)}
+
+__all__ = ["TASKS", "LoadedRun", "Source", "Task", "TaskData", "config_from", "get_task", "load_config",
+           "load_run", "read_config"]
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        hint = difflib.get_close_matches(name, list(TASKS), n=1)
+        raise LmforgeError(f"task {name!r} is not one of {', '.join(TASKS)}"
+                           + (f"; did you mean '{hint[0]}'?" if hint else ""))
+    return TASKS[name]
+
+
+def task_name(raw: dict[str, Any]) -> str:
+    """The task a raw config trains: its `task` key, else what its sections imply."""
+    if raw.get("task"):
+        return str(raw["task"])
+    if "finetune" in raw:
+        return "classify"
+    kind = (raw.get("model") or {}).get("kind", "gpt") if isinstance(raw.get("model"), dict) else "gpt"
+    # an unknown kind is left to the config loader, whose error names the nearest one
+    return MODELS[kind].pretraining_task if kind in MODELS else "causal_lm"
+
+
+def config_from(raw: dict[str, Any], source: str = "config") -> Any:
+    """A raw config dict typed by its task's config class (unknown keys are errors)."""
+    task = get_task(task_name(raw))
+    cfg = from_dict(task.config_class, {**raw, "task": task.name}, source=source)
+    pretrains = MODELS[cfg.model.kind].pretraining_task
+    if not task.head and task.name != pretrains:
+        raise LmforgeError(f"{source}: task {task.name!r} cannot train a {cfg.model.kind} model: its "
+                           f"pretraining task is {pretrains!r}")
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> Any:
+    """A TOML file or preset name (on top of `base`), then `--set` overrides, typed by its task."""
+    raw, source = dict(base or {}), "config"
+    if path is not None:
+        raw, source = merge(raw, read_toml(resolve_preset(str(path)))), str(path)
+    raw = apply_overrides(raw, overrides)
+    return config_from(raw, f"{source} (with --set)" if overrides else source)
+
+
+def read_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """A run folder's config.toml (then `--set` overrides), typed by its task."""
+    raw = runs.read_raw_config(run_dir)
+    if "task" not in raw:  # written before tasks were named: drop sections its task never had
+        known = {f.name for f in dataclasses.fields(get_task(task_name(raw)).config_class)}
+        raw = {k: v for k, v in raw.items() if k in known}
+    return config_from(apply_overrides(raw, overrides), str(Path(run_dir) / runs.CONFIG))
+
+
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+    """A trained model with its tokenizer, config and task, from a run folder's checkpoint.
+
+    `checkpoint`: best (lowest validation loss; the latest when none was evaluated), latest, step-N,
+    or a path. Resolve `hf:` references first (`interop.resolve_run`).
+    """
+    from lmforge.checkpoint import find_checkpoint, load_weights, read_meta
+    from lmforge.runtime import resolve_device
+
+    run_dir = Path(run_dir)
+    cfg = read_config(run_dir)
+    task = get_task(cfg.task)
+    files = {name: runs.read_json(run_dir, name) for name in task.files}
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    model = task.build_model(cfg, files).to(resolve_device(device))
+    load_weights(ckpt, model, next(model.parameters()).device)
+    model.eval()
+    return LoadedRun(model, runs.checkpoint_tokenizer(run_dir, ckpt), cfg, run_dir, int(read_meta(ckpt)["step"]),
+                     ckpt, task, files)

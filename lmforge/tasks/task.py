@@ -1,0 +1,98 @@
+"""What a task is: plain dataclasses, no class hierarchy.
+
+A task (one file in tasks/) says how its examples are read and encoded, which model it trains (a
+backbone, or a backbone with a head from models/heads.py), its objective, its evaluation and which
+inference runs it. The pipeline (pipeline.py) trains, resumes, evaluates and loads every task the
+same way; adding a task is adding a file here and a line in tasks/__init__.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lmforge.runtime import Runtime
+from lmforge.train import Evaluation
+
+
+@dataclass
+class Source:
+    """The run a new run starts from (its weights, tokenizer and model config)."""
+
+    run: Path
+    checkpoint: Path
+
+
+@dataclass
+class TaskData:
+    """What `Task.prepare` hands the pipeline for one training run."""
+
+    cfg: Any
+    """The run config with what the data decides filled in (vocabulary size, steps of an epoch)."""
+    tokenizer: Any
+    batches: Any
+    """`get(step, micro, rank, world, micro_batch) -> batch`, a pure function of the step."""
+    objective: Callable
+    """`(model, batch) -> (loss_sum, n_targets, extras)` (objectives.py)."""
+    evaluate: Callable[[nn.Module], Evaluation] | None
+    """The loop's evaluation; None without held-out data."""
+    step_holds: str
+    """What one step trains on, for the start line: "16 x 128 tokens", "32 examples"."""
+    files: dict[str, Any] = field(default_factory=dict)
+    """JSON files of a new run folder (name -> content)."""
+    links: dict[str, str] = field(default_factory=dict)
+    """Symbolic links in a new run folder (name -> folder elsewhere)."""
+    final: Callable[[nn.Module], dict] | None = None
+    """Metrics of the best checkpoint once training ends (written to eval_results.json)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    summary: str
+    """What it trains, in a few words."""
+    config_class: type
+    """Its run config: runs.RunConfig's sections plus its own ([data], [mlm], [finetune])."""
+    prepare: Callable[..., TaskData]
+    """`(cfg, runtime, run_dir, resume, source, say) -> TaskData`."""
+    build_model: Callable[[Any, dict[str, Any]], nn.Module]
+    """`(cfg, files) -> model`, with the parameters its objective never runs frozen; `files` are the
+    run folder's JSON files named in `files` (a classifier's labels)."""
+    evaluate: Callable[..., dict]
+    """`lmforge eval`: `(run, data, split, max_batches, runtime) -> metrics` of a loaded run."""
+    inference: str
+    """The command that uses a trained model: generate, fill-mask or classify."""
+    files: tuple[str, ...] = ()
+    head: bool = False
+    """The model is a backbone with a head: a source run's weights load into `model.backbone`."""
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with what it needs, read back from a run folder (tasks.load_run)."""
+
+    model: nn.Module
+    """In eval mode, on the requested device."""
+    tokenizer: Any
+    config: Any
+    run_dir: Path
+    step: int
+    checkpoint: Path
+    task: Task
+    files: dict[str, Any] = field(default_factory=dict)
+
+
+def lm_evaluation(objective: Callable, batches: Callable[[int], Iterable], runtime: Runtime,
+                  bytes_per_token: float | None, max_batches: int) -> Callable[[nn.Module], Evaluation]:
+    """The loop's evaluation of a language model: loss, perplexity (and bits per byte) on held-out data."""
+    from lmforge.evaluate import evaluate_lm
+
+    def evaluate(model: nn.Module) -> Evaluation:
+        batches_ = runtime.even_batches(batches(max_batches))
+        return Evaluation(evaluate_lm(model, objective, batches_, runtime, bytes_per_token))
+
+    return evaluate
