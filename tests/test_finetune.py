@@ -375,3 +375,34 @@ def test_logging_dir_needs_tensorboard(runs, tmp_path, cli, without):
     code, _, err = _finetune(cli, runs, tmp_path, runs["train"], None, "--logging_dir", tmp_path / "tb")
     assert code == 2 and "finetune.logging_dir" in err and "pip install 'lmforge[tensorboard]'" in err
     assert not (tmp_path / "ft").exists() and not (tmp_path / "tb").exists()
+
+
+def test_loop_settings_fine_tuning_does_not_derive_are_honoured(runs, tmp_path, cli):
+    """--set train.max_minutes and --set optim.* (those [finetune] does not cover) take effect."""
+    import torch
+
+    from lmforge.checkpoint import find_checkpoint
+
+    code, out, err = _finetune(cli, runs, tmp_path, runs["train"], None, "--max_steps", "50", "--set",
+                               "train.max_minutes=0.000001", "--set", "optim.name=sgd", "--set", "optim.momentum=0.5")
+    assert code == 0, err
+    assert "stopped by train.max_minutes at step 1" in out + err
+    state = torch.load(find_checkpoint(tmp_path / "ft", "latest") / "trainer_state.pt", weights_only=True)
+    group = state["optimizer"]["param_groups"][0]
+    assert "momentum" in group and group["momentum"] == 0.5 and "betas" not in group  # SGD, not AdamW
+    saved = (tmp_path / "ft" / "config.toml").read_text()
+    assert 'name = "sgd"' in saved and "max_minutes = 1e-06" in saved
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("optim.lr=1e-3", "'optim.lr' is derived when fine-tuning: set finetune.learning_rate instead (--learning_rate)"),
+    ("train.max_steps=3", "'train.max_steps' is derived when fine-tuning: set finetune.max_steps"),
+    ("train.eval_batches=2", "fine-tuning always evaluates the whole dev file"),
+    ("schedule.warmup_steps=9", "set finetune.warmup_steps instead"),
+    ("data.path=elsewhere", "unknown key 'data'"),
+    ("mlm.mask_prob=0.2", "unknown key 'mlm'"),
+])
+def test_loop_settings_fine_tuning_derives_are_refused(runs, tmp_path, cli, setting, message):
+    code, _, err = _finetune(cli, runs, tmp_path, runs["train"], None, "--set", setting)
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "ft").exists()
