@@ -77,12 +77,13 @@ def hf_model(ours: torch.nn.Module, cfg: BertConfig) -> torch.nn.Module:
     from transformers import BertConfig as HFBertConfig
     from transformers import BertForMaskedLM
 
-    from lmforge.interop.hf import SpecialIds, to_hf_config, to_hf_state
+    from lmforge.interop.hf import FAMILIES, SpecialIds, to_hf_config, to_hf_state
 
-    hf_cfg = to_hf_config(cfg, "bert", SpecialIds(bos=SPECIALS.cls_id, eos=SPECIALS.sep_id, pad=SPECIALS.pad_id))
+    ids = SpecialIds(bos=SPECIALS.cls_id, eos=SPECIALS.sep_id, pad=SPECIALS.pad_id)
+    hf_cfg = to_hf_config(cfg, FAMILIES["bert"], ids)
     hf_cfg = {k: v for k, v in hf_cfg.items() if k not in ("architectures", "model_type", "dtype")}
     model = BertForMaskedLM(HFBertConfig(**hf_cfg, attn_implementation="sdpa"))
-    state = {k: v for k, v in to_hf_state(ours.state_dict(), cfg, "bert").items() if "pooler" not in k}
+    state = {k: v for k, v in to_hf_state(ours.state_dict(), cfg, FAMILIES["bert"]).items() if "pooler" not in k}
     missing, unexpected = model.load_state_dict(state, strict=False)
     # the decoder is tied to the word embeddings and its bias to cls.predictions.bias
     assert not unexpected and all(k.startswith("cls.predictions.decoder.") for k in missing), missing

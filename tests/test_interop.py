@@ -299,7 +299,7 @@ def test_export_refuses_pre_norm_bert(tmp_path, toks):
     ("gpt2", dict(scale_attn_by_inverse_layer_idx=True), "scale_attn_by_inverse_layer_idx = true"),
     ("gpt2", dict(activation_function="relu"), 'activation_function = "relu"'),
     ("bert", dict(position_embedding_type="relative_key"), 'position_embedding_type = "relative_key"'),
-    ("llama", dict(num_key_value_heads=2), "num_key_value_heads = 2"),
+    ("llama", dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), 'rope_type = "linear"'),
 ])
 def test_import_refuses_unsupported_options(tmp_path, toks, kind, extra, match):
     bert = kind == "bert"

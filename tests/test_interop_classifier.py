@@ -96,7 +96,7 @@ def test_import_classifier_matches_hf_logits_and_labels_through_the_cli(tmp_path
     clf = load_run(tmp_path / "run")
     assert labels_of(clf) == LABELS and clf.config.model.kind == ("bert" if kind == "bert" else "gpt")
     assert clf.model.pooling == ("cls" if kind == "bert" else "last")
-    enc = encode_examples(clf.tokenizer, TEXTS, None, clf.model.backbone.input_format, 64)
+    enc = encode_examples(clf.tokenizer, TEXTS, None, clf.config.model.input_format, 64)
     with torch.no_grad():
         want = torch.cat([hf_model(torch.as_tensor(ids)[None]).logits for ids in enc.ids])  # (N, L)
         got = torch.cat([clf.model(torch.as_tensor(ids)[None]) for ids in enc.ids])  # (N, L)

@@ -27,7 +27,14 @@ def _load_for(args: argparse.Namespace, inference: str, command: str):
         what = "not a masked LM: fill-mask needs a bert run" if inference == "fill-mask" else \
             "generate needs a gpt or rnn run"
         raise LmforgeError(f"{args.run} is a {cfg.model.kind} run, {what} (use {other})")
-    return load(str(run_dir), args.checkpoint, args.device)
+    run = load(str(run_dir), args.checkpoint, args.device)
+    fresh = run.untrained_lm_head()
+    if fresh:
+        raise LmforgeError(f"{args.run} was imported without its language-model head ({', '.join(fresh[:3])}, ... "
+                           f"are a fresh initialisation), so {command} would print noise: train the head first "
+                           f"(`lmforge pretrain --init-from {args.run} --data SHARDS --out NEW`), or fine-tune it "
+                           "(`lmforge finetune --from ...`)")
+    return run
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -7,7 +7,8 @@ column names; without one, columns are named by their 0-based index. Empty texts
 counted; a line with another number of columns than the first is an error naming file and line.
 
 Encoding, by the model's `input_format`: "cls_sep" (BERT) reads one text as `[CLS] a [SEP]` and a
-pair as `[CLS] a [SEP] b [SEP]` with token_type_ids 0 then 1; "plain" (GPT, RNN) reads `a` and
+pair as `[CLS] a [SEP] b [SEP]` (with token_type_ids 0 then 1 when the model has segments);
+"cls_sep_sep" (RoBERTa) joins a pair as `<s> a </s></s> b </s>`; "plain" (GPT, RNN) reads `a` and
 `a <sep> b`. Examples longer than `max_length` are cut,
 longest text first, and counted.
 
@@ -238,11 +239,11 @@ class Encoded:
 
 def encode_examples(tokenizer, texts: list[str], pairs: list[str] | None, input_format: str,
                     max_length: int) -> Encoded:
-    """Encode (pairs of) texts in the model's `input_format` ("cls_sep" or "plain"), cut to `max_length`."""
+    """Encode (pairs of) texts in the model's `input_format`, cut to `max_length`."""
     a = tokenizer.encode_batch(texts)
     b = tokenizer.encode_batch(pairs) if pairs is not None else None
-    cls_sep = input_format == "cls_sep"
-    special = (3 if b is not None else 2) if cls_sep else (1 if b is not None else 0)
+    cls_sep, seps = input_format != "plain", 2 if input_format == "cls_sep_sep" else 1
+    special = (2 + seps if b is not None else 2) if cls_sep else (1 if b is not None else 0)
     budget = max_length - special
     if budget < 2:
         raise LmforgeError(f"finetune.max_length={max_length} leaves no room for text: raise it")
@@ -256,7 +257,7 @@ def encode_examples(tokenizer, texts: list[str], pairs: list[str] | None, input_
             seq = [tokenizer.cls_id, *x, tokenizer.sep_id]
             starts[i] = len(seq)
             if b is not None:
-                seq += [*y, tokenizer.sep_id]
+                seq += [tokenizer.sep_id] * (seps - 1) + [*y, tokenizer.sep_id]
         else:
             seq = list(x) if b is None else [*x, tokenizer.sep_id, *y]
             starts[i] = len(seq)

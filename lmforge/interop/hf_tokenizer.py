@@ -15,54 +15,57 @@ from typing import Any
 from lmforge.errors import LmforgeError
 from lmforge.tokenizer import META_FILE, ROLES, Tokenizer
 
-# HF special-token attribute -> lmforge role, per exported family.
-CAUSAL_SPECIALS = {"bos_token": "eot", "eos_token": "eot", "unk_token": "unk", "pad_token": "pad",
-                   "mask_token": "mask", "cls_token": "cls", "sep_token": "sep"}
-BERT_SPECIALS = {"unk_token": "unk", "sep_token": "sep", "pad_token": "pad", "cls_token": "cls",
-                 "mask_token": "mask"}
-# Token strings the HF tokenizer classes use when a folder does not name them.
-DEFAULT_SPECIALS = {"gpt2": {"eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
-                             "unk_token": "<|endoftext|>"},
-                    "llama": {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"},
-                    "bert": {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-                             "cls_token": "[CLS]", "mask_token": "[MASK]"}}
+# HF special-token attribute -> lmforge role, by the special-token names a family's tokenizers carry.
+SPECIAL_NAMES = {
+    "causal": {"bos_token": "eot", "eos_token": "eot", "unk_token": "unk", "pad_token": "pad",
+               "mask_token": "mask", "cls_token": "cls", "sep_token": "sep"},
+    "bert": {"unk_token": "unk", "sep_token": "sep", "pad_token": "pad", "cls_token": "cls", "mask_token": "mask"},
+    "roberta": {"bos_token": "cls", "eos_token": "sep", "unk_token": "unk", "sep_token": "sep", "pad_token": "pad",
+                "cls_token": "cls", "mask_token": "mask"},
+}
 
 
-def export_tokenizer(tok: Tokenizer, out: Path, family: str, model_max_length: int) -> None:
-    """Write the tokenizer files of an HF folder into `out`."""
+def export_tokenizer(tok: Tokenizer, out: Path, family, model_max_length: int) -> None:
+    """Write the tokenizer files of an HF folder of `family` (interop.family.Family) into `out`."""
     from tokenizers import Tokenizer as Backend
     from tokenizers.processors import TemplateProcessing
 
     from lmforge.atomic import write_json, write_text
 
     backend = Backend.from_str(tok.backend.to_str())
-    if family == "bert":
-        # lmforge wraps BERT input as [CLS] text [SEP] itself; HF expects the tokenizer to do it.
+    extra: dict[str, Any] = {}
+    if family.special_names != "causal":
+        # lmforge wraps encoder input as [CLS] text [SEP] itself; HF expects the tokenizer to do it
         cls, sep = tok.specials["cls"], tok.specials["sep"]
-        backend.post_processor = TemplateProcessing(
-            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-            special_tokens=[(cls, tok.cls_id), (sep, tok.sep_id)])
+        types = family.model_type == "bert"
+        if family.special_names == "roberta":
+            pair = f"{cls} $A {sep} {sep} $B {sep}"
+        else:
+            pair = f"{cls} $A {sep} $B:1 {sep}:1" if types else f"{cls} $A {sep} $B {sep}"
+        backend.post_processor = TemplateProcessing(single=f"{cls} $A {sep}", pair=pair,
+                                                    special_tokens=[(cls, tok.cls_id), (sep, tok.sep_id)])
+        if not types:  # RoBERTa and DistilBERT read no token types
+            extra["model_input_names"] = ["input_ids", "attention_mask"]
     write_text(out / "tokenizer.json", backend.to_str(pretty=True))
-    names = BERT_SPECIALS if family == "bert" else CAUSAL_SPECIALS
-    special_map = {name: tok.specials[role] for name, role in names.items()}
+    special_map = {name: tok.specials[role] for name, role in SPECIAL_NAMES[family.special_names].items()}
     write_json(out / "special_tokens_map.json", special_map)
     write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
         "model_max_length": model_max_length, "padding_side": "right",
-        "do_lower_case": tok.lowercase, **special_map})
+        "do_lower_case": tok.lowercase, **extra, **special_map})
     write_json(out / META_FILE, {
         "format_version": 1, "kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": tok.fingerprint,
         "lowercase": tok.lowercase,
         "special_tokens": {r: {"token": tok.specials[r], "id": getattr(tok, f"{r}_id")} for r in ROLES}})
 
 
-def import_tokenizer(folder: Path, family: str, hf_config: dict[str, Any]) -> Tokenizer:
-    """An lmforge Tokenizer for the HF tokenizer in `folder`."""
+def import_tokenizer(folder: Path, family, hf_config: dict[str, Any]) -> Tokenizer:
+    """An lmforge Tokenizer for the HF tokenizer in `folder` (of `family`, an interop.family.Family)."""
     backend = _load_backend(folder)
     meta_path = folder / META_FILE
     if meta_path.is_file():  # exported by lmforge: take back the exact tokenizer
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if family == "bert":
+        if family.special_names != "causal":
             backend.post_processor = None  # added by export; lmforge adds [CLS]/[SEP] itself
         specials = {r: meta["special_tokens"][r]["token"] for r in ROLES}
         return Tokenizer(backend, meta["kind"], specials, lowercase=meta.get("lowercase", False))
@@ -89,7 +92,7 @@ def _load_backend(folder: Path):
                            f"({type(e).__name__}: {e}); save it with a fast tokenizer") from None
 
 
-def _named_specials(folder: Path, family: str, hf_config: dict[str, Any], backend) -> dict[str, str]:
+def _named_specials(folder: Path, family, hf_config: dict[str, Any], backend) -> dict[str, str]:
     """HF special-token name (eos_token, ...) -> token string, from the folder's files."""
     named: dict[str, str] = {}
     for fname in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -102,7 +105,7 @@ def _named_specials(folder: Path, family: str, hf_config: dict[str, Any], backen
         i = hf_config.get(f"{key}_token_id")
         if f"{key}_token" not in named and isinstance(i, int) and backend.id_to_token(i) is not None:
             named[f"{key}_token"] = backend.id_to_token(i)
-    for key, token in DEFAULT_SPECIALS.get(family, {}).items():
+    for key, token in family.default_specials.items():
         if key not in named and backend.token_to_id(token) is not None:
             named[key] = token
     return {k: v for k, v in named.items() if backend.token_to_id(v) is not None}

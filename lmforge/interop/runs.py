@@ -52,7 +52,7 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
     with output_dir(out, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "config.json", config)
-        if family != "bert":
+        if family.special_names == "causal":
             write_json(tmp / "generation_config.json",
                        {"bos_token_id": ids.bos, "eos_token_id": ids.eos, "pad_token_id": ids.pad})
         export_tokenizer(tok, tmp, family, cfg.context_len)
@@ -71,17 +71,17 @@ def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: boo
     clf = load_run(run_dir, checkpoint)
     cfg, tok, model, labels = clf.config.model, clf.tokenizer, clf.model, labels_of(clf)
     family = hf.family_for(cfg)
-    if model.pooling != hf.CLASSIFIER_POOLING[family]:
+    if model.pooling != family.pooling:
         raise LmforgeError(f"finetune.pooling = {json.dumps(model.pooling)} has no Hugging Face equivalent "
-                           f"for {hf.classifier_arch(family)}: export is not possible; fine-tune with "
-                           f"pooling = {json.dumps(hf.CLASSIFIER_POOLING[family])} (or \"auto\")")
+                           f"for {family.classifier}: export is not possible; fine-tune with "
+                           f"pooling = {json.dumps(family.pooling)} (or \"auto\")")
     tensors = hf.to_hf_state(model.state_dict(), cfg, family, hf.classifier_key_map(family, cfg))
     config = hf.to_hf_config(cfg, family, hf.SpecialIds(bos=tok.eot_id, eos=tok.eot_id, pad=tok.pad_id))
-    config["architectures"] = [hf.classifier_arch(family)]
+    config["architectures"] = [family.classifier]
     config["id2label"] = {str(i): label for i, label in enumerate(labels)}
     config["label2id"] = {label: i for i, label in enumerate(labels)}
-    if family == "bert":
-        config["classifier_dropout"] = model.drop.p
+    if family.special_names != "causal":
+        config["classifier_dropout" if family.model_type != "distilbert" else "seq_classif_dropout"] = model.drop.p
     with output_dir(out, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "config.json", config)
@@ -91,13 +91,13 @@ def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: boo
     return out
 
 
-def _check_covered(state: dict[str, torch.Tensor], cfg, family: str) -> None:
+def _check_covered(state: dict[str, torch.Tensor], cfg, family: hf.Family) -> None:
     """Every lmforge tensor must have a row in the key map: a forgotten one would be lost silently."""
     mapped = {r[1] for r in hf.key_map(family, cfg)}
     tied = {"lm_head.weight", "decoder.weight"} if cfg.tie_embeddings else set()
     left = sorted(set(state) - mapped - tied)
     if left:
-        raise AssertionError(f"key map of {family} has no row for {left}")
+        raise AssertionError(f"key map of {family.model_type} has no row for {left}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -129,58 +129,65 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: 
     fresh = _load_checked(model, hf.from_hf_state(tensors, cfg, family, source), cfg, family, "")
     unused = hf.unused_tensors(tensors, cfg, family)
     run_cfg = config_from({"model": to_dict(cfg)})  # the model's pretraining task
-    save_run(out, model, tok, run_cfg, overwrite=overwrite, meta={"imported_from": source})
+    save_run(out, model, tok, run_cfg, overwrite=overwrite, meta={"imported_from": source, "fresh": fresh})
     if not quiet:
-        print(f"lmforge: imported {source} ({hf.FAMILIES[family]['lm']}) -> {out}{_notes(fresh, unused)}")
+        arch = ", ".join(raw_cfg.get("architectures") or [family.lm])
+        print(f"lmforge: imported {source} ({arch}) -> {out}{_notes(fresh, unused)}")
     return out
 
 
-def _normalise_config(cfg, family: str, tensors: dict[str, torch.Tensor]):
+def _normalise_config(cfg, family: hf.Family, tensors: dict[str, torch.Tensor]):
     """lmforge's spelling of what the checkpoint holds, so configs compare equal after a round trip."""
     from dataclasses import replace
 
     if cfg.d_ff and cfg.d_ff == replace(cfg, d_ff=0).ff_width():
         cfg = replace(cfg, d_ff=0)  # lmforge's "default width"
-    types = tensors.get("bert.embeddings.token_type_embeddings.weight")
-    if family == "bert" and types is not None and types.shape[0] == 1 and not types.any():
+    names = hf.normalise_names(tensors, family)
+    types = names.get(f"{family.base_prefix}embeddings.token_type_embeddings.weight")
+    if family.model_type == "bert" and types is not None and types.shape[0] == 1 and not types.any():
         cfg = replace(cfg, type_vocab_size=0)  # one zero row adds nothing: lmforge's "no segments"
     return cfg
 
 
-def _load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg, family: str,
+def _load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], cfg, family: hf.Family,
                   prefix: str) -> list[str]:
-    """Load `state` into `model`; return the parameters left freshly initialised (all optional ones).
+    """Load `state` into `model`; return the parameters left freshly initialised.
 
-    `prefix` is where the base model's names start (`backbone.` in a classifier), whose LM head an
-    HF classifier does not have: classification never runs it, so it keeps its initialisation.
+    Only optional parts may be fresh: the pooler, and the LM head of a checkpoint saved without one
+    (a bare BertModel or GPT2Model: from_pretrained initialises it too). `prefix` is where the base
+    model's names start (`backbone.` in a classifier), whose LM head classification never runs.
     """
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {f"{prefix}lm_head.weight", f"{prefix}decoder.weight"} if cfg.tie_embeddings else set()
-    head = tuple(prefix + p for p in model.backbone.lm_head_prefixes) if prefix else ()
-    fresh = sorted(m for m in set(missing) - tied if not (head and m.startswith(head)))
-    if unexpected or any(not m.endswith(hf.OPTIONAL_ON_IMPORT) for m in fresh):
-        raise AssertionError(f"key map of {family} is inconsistent: missing {fresh}, unexpected {unexpected}")
+    backbone = model.backbone if prefix else model
+    head = tuple(prefix + p for p in backbone.lm_head_prefixes)
+    fresh = sorted(m for m in set(missing) - tied if not (prefix and m.startswith(head)))
+    optional = tuple(prefix + p for p in backbone.pooler_prefixes) + head
+    if unexpected or any(not m.startswith(optional) for m in fresh):
+        raise AssertionError(f"key map of {family.model_type} is inconsistent: missing {fresh}, "
+                             f"unexpected {unexpected}")
     return fresh
 
 
 def _notes(fresh: list[str], unused: list[str]) -> str:
-    return (f"; freshly initialised: {', '.join(fresh)}" if fresh else "") + \
+    return (f"; newly initialised (not in the checkpoint): {', '.join(fresh)}" if fresh else "") + \
            (f"; ignored: {', '.join(unused[:5])}" if unused else "")
 
 
-def _import_classifier(raw_cfg: dict, family: str, cfg, tensors: dict[str, torch.Tensor], tok, out: Path,
+def _import_classifier(raw_cfg: dict, family: hf.Family, cfg, tensors: dict[str, torch.Tensor], tok, out: Path,
                        source: str, overwrite: bool, quiet: bool) -> Path:
     """A *ForSequenceClassification folder -> a fine-tuned classify run folder."""
     from lmforge.models.heads import SequenceClassifier
     from lmforge.tasks.classify import LABEL_MAP, ClassifyArgs, ClassifyConfig, label_map_json
 
-    arch = hf.classifier_arch(family)
+    arch = family.classifier
     rows = hf.classifier_key_map(family, cfg)
     state = hf.from_hf_state(tensors, cfg, family, source, rows, arch)
     labels = hf.classifier_labels(raw_cfg, state["head.weight"].shape[0], source)
     dropout = raw_cfg.get("classifier_dropout")
     if dropout is None:  # HF's BERT head falls back on the hidden dropout; GPT heads have none
-        dropout = raw_cfg.get("hidden_dropout_prob", 0.1) if family == "bert" else 0.1
+        dropout = raw_cfg.get("seq_classif_dropout", raw_cfg.get("hidden_dropout_prob", 0.1)) \
+            if family.special_names != "causal" else 0.1
     ft = ClassifyArgs(pooling="auto", classifier_dropout=float(dropout))
     model = SequenceClassifier(cfg, len(labels), ft.pooling, ft.classifier_dropout)
     fresh = _load_checked(model, state, cfg, family, "backbone.")

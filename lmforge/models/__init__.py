@@ -8,10 +8,10 @@ model's kind:
 | member | what it is |
 | --- | --- |
 | `config.hidden_size`, `config.max_positions` | width of the hidden states; longest input (None: any) |
+| `config.input_format`, `config.token_types` | how texts and pairs are laid out (data/labeled.py); token types? |
 | `hidden(input_ids, attention_mask, token_type_ids)` | final hidden states (B, T, C), no LM head |
 | `pretraining_task` | the task that pretrains it: "causal_lm", "masked_lm" or "bptt" |
 | `decoding` | how it generates: "kv_cache", "recurrent", or None (it cannot) |
-| `input_format` | "plain" (ids; a pair joined by [SEP]) or "cls_sep" ([CLS] a [SEP] b [SEP], token types) |
 | `default_pooling`, `pool(h)` | "cls" (its [CLS] pooler, `pool`) or "last" (the last real token) |
 | `lm_head_prefixes`, `pooler_prefixes` | parameter-name prefixes of the LM head's and the pooler's own tensors |
 | `classifier_bias`, `classifier_dropout` | the sequence-classification head of its HF family |

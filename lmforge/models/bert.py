@@ -24,14 +24,20 @@ class BertConfig:
     vocab_size: int = 0
     """Vocabulary size; 0 takes it from the tokenizer."""
     context_len: int = 128
-    """Number of position embeddings."""
+    """Positions a sequence may use."""
+    position_offset: int = 0
+    """Position ids start here (RoBERTa: its padding id + 1 = 2); the table has context_len + offset rows."""
     n_layer: int = 2
     n_head: int = 2
     d_model: int = 128
     d_ff: int = 0
     """MLP hidden width; 0 means 4*d_model."""
     type_vocab_size: int = 2
-    """Segment (token type) embeddings; 0 disables them."""
+    """Segment (token type) embeddings; 0 disables them (1: a table whose one row every token gets)."""
+    pair_style: Literal["bert", "roberta"] = "bert"
+    """How a text pair is joined: [CLS] a [SEP] b [SEP], or RoBERTa's <s> a </s></s> b </s>."""
+    pooler_activation: Literal["tanh", "relu"] = "tanh"
+    """The [CLS] pooler's activation: BERT's tanh, or DistilBERT's pre_classifier ReLU."""
     pre_norm: bool = False
     """Pre-norm blocks instead of BERT's post-norm."""
     norm_eps: float = 1e-12
@@ -53,6 +59,15 @@ class BertConfig:
     @property
     def max_positions(self) -> int:
         return self.context_len
+
+    @property
+    def input_format(self) -> str:
+        return "cls_sep" if self.pair_style == "bert" else "cls_sep_sep"
+
+    @property
+    def token_types(self) -> bool:
+        """Whether inputs carry token_type_ids (0 for the first text of a pair, 1 for the second)."""
+        return self.type_vocab_size >= 2 and self.pair_style == "bert"
 
 
 
@@ -109,7 +124,6 @@ class Bert(nn.Module):
     # the backbone contract (models/__init__.py)
     pretraining_task = "masked_lm"
     decoding = None
-    input_format = "cls_sep"
     default_pooling = "cls"
     lm_head_prefixes = ("head_dense.", "head_norm.", "decoder.")
     pooler_prefixes = ("pooler.",)
@@ -122,7 +136,7 @@ class Bert(nn.Module):
         self.config = cfg
         C = cfg.d_model
         self.word_embeddings = nn.Embedding(cfg.vocab_size, C)
-        self.position_embeddings = nn.Embedding(cfg.context_len, C)
+        self.position_embeddings = nn.Embedding(cfg.context_len + cfg.position_offset, C)
         self.token_type_embeddings = nn.Embedding(cfg.type_vocab_size, C) if cfg.type_vocab_size else None
         self.emb_norm = nn.LayerNorm(C, eps=cfg.norm_eps)
         self.drop = nn.Dropout(cfg.dropout)
@@ -149,8 +163,9 @@ class Bert(nn.Module):
         B, T = input_ids.shape
         if T > self.config.context_len:
             raise ValueError(f"{T} positions exceed context_len={self.config.context_len}")
+        offset = self.config.position_offset  # right padding: real tokens sit at offset, offset + 1, ...
         x = self.word_embeddings(input_ids) + self.position_embeddings(
-            torch.arange(T, device=input_ids.device))  # (B, T, C)
+            torch.arange(offset, offset + T, device=input_ids.device))  # (B, T, C)
         if self.token_type_embeddings is not None:
             if token_type_ids is None:
                 token_type_ids = torch.zeros_like(input_ids)
@@ -179,8 +194,9 @@ class Bert(nn.Module):
         return self.decoder(h)  # (B, T, V) or (B, P, V)
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The [CLS] summary for classification: tanh(dense(hidden[:, 0])), (B, C)."""
-        return torch.tanh(self.pooler(hidden[:, 0]))
+        """The [CLS] summary for classification: tanh (or relu) of dense(hidden[:, 0]), (B, C)."""
+        h = self.pooler(hidden[:, 0])
+        return torch.tanh(h) if self.config.pooler_activation == "tanh" else torch.relu(h)
 
     def layer_of(self, name: str) -> int:
         """Depth of a parameter: 0 the embeddings, 1..n_layer the blocks, n_layer + 1 the top."""

@@ -1,7 +1,7 @@
 """GPT: a decoder-only transformer in the GPT-2 layout, with RoPE, RMSNorm and SwiGLU as options.
 
-Dimensions: B batch, T sequence length, C d_model, V vocabulary, L layers, nh heads, hs head size
-(C // nh), S key length (cached positions + T).
+Dimensions: B batch, T sequence length, C d_model, V vocabulary, L layers, nh heads, nkv key/value
+heads (nh with plain multi-head attention), hs head size (C // nh), S key length (cached positions + T).
 
 With `pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True` this is GPT-2
 exactly (the tests compare logits with `transformers.GPT2LMHeadModel`).
@@ -29,6 +29,9 @@ class GPTConfig:
     """Longest sequence the model attends over (positions)."""
     n_layer: int = 4
     n_head: int = 4
+    n_kv_head: int = 0
+    """Key/value heads, each shared by n_head / n_kv_head query heads (grouped-query attention, as in
+    Llama 3, Qwen2, SmolLM); 0 means n_head."""
     d_model: int = 256
     d_ff: int = 0
     """MLP hidden width; 0 means 4*d_model (GELU/ReLU^2) or 8/3*d_model rounded to 64 (SwiGLU)."""
@@ -39,6 +42,8 @@ class GPTConfig:
     mlp: Literal["gelu", "swiglu", "relu2"] = "gelu"
     bias: bool = True
     """Biases in linear layers and LayerNorm (GPT-2 has them)."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections even when `bias` is false (Qwen2)."""
     dropout: float = 0.0
     tie_embeddings: bool = True
     init_std: float = 0.02
@@ -47,7 +52,15 @@ class GPTConfig:
     def __post_init__(self) -> None:
         check(self.d_model % self.n_head == 0, "model.d_model", f"must be divisible by model.n_head={self.n_head}")
         check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.pos",
-               "rope needs an even head size (d_model / n_head)")
+              "rope needs an even head size (d_model / n_head)")
+        check(self.n_kv_head >= 0 and self.n_head % self.kv_heads() == 0, "model.n_kv_head",
+              f"must divide model.n_head={self.n_head} (0 means n_head)")
+
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    def head_size(self) -> int:
+        return self.d_model // self.n_head
 
     def ff_width(self) -> int:
         if self.d_ff:
@@ -64,25 +77,28 @@ class GPTConfig:
     def max_positions(self) -> int:
         return self.context_len
 
+    input_format = "plain"
+    token_types = False
+
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, preallocated as (B, nh, max_len, hs) per layer.
+    """Keys and values of the positions seen so far, preallocated as (B, nkv, max_len, hs) per layer.
 
     `pos` counts the positions already written; GPT.forward reads it as the offset of new tokens and
     advances it after the last layer.
     """
 
-    def __init__(self, n_layer: int, batch_size: int, n_head: int, max_len: int, head_size: int,
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_size: int,
                  device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
-        shape = (batch_size, n_head, max_len, head_size)
+        shape = (batch_size, n_kv_head, max_len, head_size)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.max_len = max_len
         self.pos = 0
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nh, T, hs) at the current position; return all keys and values (B, nh, S, hs)."""
+        """Store k, v (B, nkv, T, hs) at the current position; return all keys and values (B, nkv, S, hs)."""
         end = self.pos + k.size(2)
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions, {end} were asked for")
@@ -108,32 +124,38 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class Attention(nn.Module):
+    """Causal self-attention; with n_kv_head < n_head, groups of query heads share a key/value head (nkv)."""
+
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
-        self.n_head, self.layer, self.dropout = cfg.n_head, layer, cfg.dropout
-        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # q, k, v in one matmul
+        self.n_head, self.n_kv, self.layer, self.dropout = cfg.n_head, cfg.kv_heads(), layer, cfg.dropout
+        hs = cfg.head_size()
+        self.sizes = [cfg.n_head * hs, self.n_kv * hs, self.n_kv * hs]  # q, k, v widths
+        self.c_attn = nn.Linear(cfg.d_model, sum(self.sizes), bias=cfg.bias or cfg.qkv_bias)  # one matmul
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 kv_cache: KVCache | None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)  # (B, T, C) each
+        q, k, v = self.c_attn(x).split(self.sizes, dim=2)  # (B, T, nh*hs), (B, T, nkv*hs) x 2
         hs = C // self.n_head
-        q, k, v = (t.view(B, T, self.n_head, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, self.n_kv, hs).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask, causal = None, True
         if kv_cache is not None:
             start = kv_cache.pos
-            k, v = kv_cache.update(self.layer, k, v)  # (B, nh, S, hs)
+            k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, S, hs)
             if start > 0:
                 # query i sits at position start + i and may see keys 0 .. start + i (one query: all keys)
                 causal = False
                 if T > 1:
                     mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                           dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv != self.n_head)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_drop(self.c_proj(y))
 
@@ -183,7 +205,6 @@ class GPT(nn.Module):
     # the backbone contract (models/__init__.py)
     pretraining_task = "causal_lm"
     decoding = "kv_cache"
-    input_format = "plain"
     default_pooling = "last"
     lm_head_prefixes = ("lm_head.",)
     pooler_prefixes = ()
@@ -246,8 +267,8 @@ class GPT(nn.Module):
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty cache on this model's device and dtype, `max_len` positions (default context_len)."""
         cfg, w = self.config, self.wte.weight
-        return KVCache(cfg.n_layer, batch_size, cfg.n_head, max_len or cfg.context_len,
-                       cfg.d_model // cfg.n_head, device=w.device, dtype=w.dtype)
+        return KVCache(cfg.n_layer, batch_size, cfg.kv_heads(), max_len or cfg.context_len,
+                       cfg.head_size(), device=w.device, dtype=w.dtype)
 
     def layer_of(self, name: str) -> int:
         """Depth of a parameter: 0 the embeddings, 1..n_layer the blocks, n_layer + 1 the top."""

@@ -46,6 +46,9 @@ class RNNConfig:
         """None: a recurrent model reads any length (context_len is only its training window)."""
         return None
 
+    input_format = "plain"
+    token_types = False
+
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -54,7 +57,6 @@ class RNNLM(nn.Module):
     # the backbone contract (models/__init__.py)
     pretraining_task = "bptt"
     decoding = "recurrent"
-    input_format = "plain"
     default_pooling = "last"
     lm_head_prefixes = ("decoder.",)
     pooler_prefixes = ()

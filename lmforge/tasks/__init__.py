@@ -97,5 +97,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     model = task.build_model(cfg, files).to(resolve_device(device))
     load_weights(ckpt, model, next(model.parameters()).device)
     model.eval()
-    return LoadedRun(model, runs.checkpoint_tokenizer(run_dir, ckpt), cfg, run_dir, int(read_meta(ckpt)["step"]),
-                     ckpt, task, files)
+    meta = read_meta(ckpt)
+    return LoadedRun(model, runs.checkpoint_tokenizer(run_dir, ckpt), cfg, run_dir, int(meta["step"]), ckpt, task,
+                     files, tuple(meta.get("fresh", ())))

@@ -22,7 +22,6 @@ import torch
 from lmforge import runs
 from lmforge.config import check
 from lmforge.errors import LmforgeError
-from lmforge.models import model_class
 from lmforge.runtime import Runtime
 from lmforge.tasks.finetuning import (
     FinetuneConfig,
@@ -83,7 +82,7 @@ def _read(path: str, ft: ClassifyArgs, need_labels: bool = True):
 def _encode(data, tok, cfg: ClassifyConfig, labels: list[str] | None, name: str, say):
     from lmforge.data.labeled import encode_examples, label_ids
 
-    enc = encode_examples(tok, data.texts, data.pairs, model_class(cfg.model).input_format, max_length_of(cfg))
+    enc = encode_examples(tok, data.texts, data.pairs, cfg.model.input_format, max_length_of(cfg))
     cut = f"; truncated {enc.truncated} to {max_length_of(cfg)} tokens" if enc.truncated else ""
     say(data.describe() + cut)
     ids = label_ids(data, labels) if labels is not None and data.labels is not None else None
@@ -93,7 +92,7 @@ def _encode(data, tok, cfg: ClassifyConfig, labels: list[str] | None, name: str,
 
 
 def _token_types(cfg) -> bool:
-    return model_class(cfg.model).input_format == "cls_sep"
+    return cfg.model.token_types
 
 
 def _eval_batches(enc, ids, cfg, pad_id: int, runtime: Runtime):
@@ -204,7 +203,7 @@ def classify(run: LoadedRun, texts: Sequence[str], pairs: Sequence[str] | None =
         texts = [texts]
     cfg, labels, device = run.config, labels_of(run), next(run.model.parameters()).device
     enc = encode_examples(run.tokenizer, list(texts), list(pairs) if pairs is not None else None,
-                          model_class(cfg.model).input_format, max_length_of(cfg))
+                          cfg.model.input_format, max_length_of(cfg))
     # longest first in each batch pads less; results go back to input order
     order = np.argsort([-len(x) for x in enc.ids], kind="stable")
     probs = np.empty((len(texts), len(labels)), dtype=np.float32)

@@ -84,6 +84,14 @@ class LoadedRun:
     checkpoint: Path
     task: Task
     files: dict[str, Any] = field(default_factory=dict)
+    untrained: tuple[str, ...] = ()
+    """Parameters the checkpoint holds only as a fresh initialisation (an imported checkpoint's missing
+    head: import-hf records them)."""
+
+    def untrained_lm_head(self) -> list[str]:
+        """The language-model head's parameters that were never trained (empty for a trained LM)."""
+        prefixes = getattr(self.model, "lm_head_prefixes", ())
+        return [name for name in self.untrained if prefixes and name.startswith(prefixes)]
 
 
 def lm_evaluation(objective: Callable, batches: Callable[[int], Iterable], runtime: Runtime,
