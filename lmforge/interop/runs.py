@@ -94,6 +94,8 @@ def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: boo
 def _check_covered(state: dict[str, torch.Tensor], cfg, family: hf.Family) -> None:
     """Every lmforge tensor must have a row in the key map: a forgotten one would be lost silently."""
     mapped = {r[1] for r in hf.key_map(family, cfg)}
+    if not any(name.startswith("pooler.") for name in mapped):  # DistilBERT's LM has no pooler
+        mapped |= {name for name in state if name.startswith("pooler.")}
     tied = {"lm_head.weight", "decoder.weight"} if cfg.tie_embeddings else set()
     left = sorted(set(state) - mapped - tied)
     if left:
@@ -218,9 +220,16 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
         for name in files:
             try:
-                tensors.update(loader(folder / name))
+                part = loader(folder / name)
             except Exception as e:  # noqa: BLE001 - a broken file is the user's to replace
-                raise LmforgeError(f"{folder / name}: unreadable weights ({type(e).__name__}: {e})") from None
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                why = ("it holds Python objects besides tensors, and lmforge never unpickles code: save it "
+                       "with safetensors" if "weights_only" in str(e) else f"{type(e).__name__}: {first[:200]}")
+                raise LmforgeError(f"{folder / name}: unreadable weights ({why})") from None
+            if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+                raise LmforgeError(f"{folder / name}: unreadable weights (not a flat name -> tensor mapping): "
+                                   "give the state dict that save_pretrained writes")
+            tensors.update(part)
         return tensors
     raise LmforgeError(f"{folder} has no model.safetensors or pytorch_model.bin: give a folder saved by "
                        "transformers' save_pretrained")
