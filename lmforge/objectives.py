@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lmforge.runtime import all_reduce
+
 IGNORE = -100
 
 
@@ -95,10 +97,10 @@ class TruncatedBPTTLoss:
             local = (self.written if self.written is not None
                      else torch.zeros(self.n_streams, dtype=torch.bool, device=buffers[0].device)).float()
             written = local.clone()  # (n_streams,)
-            torch.distributed.all_reduce(written)
+            all_reduce(written)
             for i, b in enumerate(buffers):
                 mine = b * local[None, :, None]
-                torch.distributed.all_reduce(mine)
+                all_reduce(mine)
                 buffers[i] = torch.where(written[None, :, None] > 0, mine, b)
         return {"buffers": [b.cpu() for b in buffers]}
 

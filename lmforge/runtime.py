@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import datetime
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -178,7 +179,7 @@ class Runtime:
         while True:
             batch = next(it, None)
             more = torch.tensor(int(batch is not None), device=self.device)
-            torch.distributed.all_reduce(more, op=torch.distributed.ReduceOp.MAX)
+            all_reduce(more, torch.distributed.ReduceOp.MAX)
             if not more.item():
                 return
             if batch is None:
@@ -191,7 +192,7 @@ class Runtime:
 
     def all_reduce_sum(self, x: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
-            torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM)
+            all_reduce(x, torch.distributed.ReduceOp.SUM)
         return x
 
     def sum_count(self, n: int) -> int:
@@ -235,6 +236,24 @@ class Runtime:
         fault = os.environ.get(FAULT_ENV)
         if fault and fault == f"{self.rank}:{step}":
             raise RuntimeError(f"{FAULT_ENV}: rank {self.rank} fails at step {step} as asked")
+
+
+def all_reduce(x: torch.Tensor, op: Any = None, patience_s: float = 5.0) -> None:
+    """A blocking all-reduce that returns only once the backend's worker thread has let go of `x`.
+
+    Gloo wakes the caller first and drops its own reference to the finished work (and so to `x`) a
+    moment later, on its worker thread. If that reference is the last one (the Python tensor is gone)
+    and the process has begun exiting meanwhile (on a loaded CPU the worker can lag that long), the
+    worker needs the GIL of a finalizing interpreter, Python ends the thread inside a C++ destructor,
+    and the process aborts: "terminate called without an active exception". torch 2.13 keeps gloo's
+    threads alive past destroy_process_group() (FSDP's mesh holds the group), so they cannot be joined.
+    Normally the loop below never spins.
+    """
+    before = x._use_count()
+    torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.SUM if op is None else op)
+    deadline = time.monotonic() + patience_s
+    while x._use_count() > before and time.monotonic() < deadline:
+        time.sleep(0.0005)
 
 
 def _sum_hook(state, bucket):  # no annotations: DDP checks them, and these would be strings

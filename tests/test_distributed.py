@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -34,28 +33,16 @@ def _free_port() -> int:
 
 
 def _lmforge(nproc: int, *args, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    """`lmforge ARGS` as one plain process (nproc 0) or under torchrun with `nproc` processes.
-
-    A launch whose worker dies of SIGSEGV or SIGABRT is run once more. On this 2-core CPU, resuming
-    into FSDP over gloo crashes about one launch in ten inside torch: a segfault in forward_no_grad,
-    or "terminate called without an active exception". The cause is not found yet. A wrong result, or any
-    other failure, is returned as it is.
-    """
+    """`lmforge ARGS` as one plain process (nproc 0) or under torchrun with `nproc` processes. Run once:
+    a crash is a failure (runtime.all_reduce closes the gloo exit race that used to abort a worker)."""
     args = [str(a) for a in args]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    for attempt in (1, 2):
-        if nproc:
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                   "--master_port", str(_free_port()), "-m", "lmforge", *args]
-        else:
-            cmd = [sys.executable, "-m", "lmforge", *args]
-        proc = subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
-        crashed = "(SIGSEGV)" in proc.stderr or "(SIGABRT)" in proc.stderr
-        if not (nproc and proc.returncode and crashed) or attempt == 2:
-            return proc
-        if "--out" in args:  # the crashed launch may have left its new run folder half made
-            shutil.rmtree(args[args.index("--out") + 1], ignore_errors=True)
-    return proc
+    if nproc:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+               "--master_port", str(_free_port()), "-m", "lmforge", *args]
+    else:
+        cmd = [sys.executable, "-m", "lmforge", *args]
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def _ok(proc: subprocess.CompletedProcess) -> None:

@@ -95,3 +95,20 @@ def test_collate_pads_right_and_marks_segments():
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]
     assert batch["token_type_ids"].tolist() == [[0, 0, 0, 1, 1], [0, 0, 1, 0, 0]]
     assert batch["labels"].tolist() == [1, 0]
+
+
+def test_group_by_length_batches_like_lengths_and_stays_a_permutation():
+    rng = np.random.default_rng(0)
+    enc = Encoded([np.zeros(int(n), dtype=np.int64) for n in rng.integers(2, 60, 400)], np.zeros(400), 0)
+    labels = np.zeros(400, dtype=np.int64)
+    plain = LabeledBatches(enc, labels, 8, seed=1, pad_id=0, token_types=False)
+    grouped = LabeledBatches(enc, labels, 8, seed=1, pad_id=0, token_types=False, group_by_length=True)
+    epoch = [grouped.indices(s) for s in range(50)]
+    assert sorted(np.concatenate(epoch).tolist()) == list(range(400))  # every example once an epoch
+
+    def padding(batches) -> int:
+        return sum(int(b["attention_mask"].numel() - b["attention_mask"].sum()) for b in batches)
+
+    assert padding(grouped.get(s) for s in range(50)) < padding(plain.get(s) for s in range(50)) / 3
+    assert np.array_equal(grouped.indices(7), LabeledBatches(enc, labels, 8, seed=1, pad_id=0, token_types=False,
+                                                             group_by_length=True).indices(7))  # pure in the step

@@ -298,16 +298,24 @@ def collate(enc: Encoded, index: np.ndarray, labels: np.ndarray | None, pad_id: 
 class LabeledBatches:
     """Training batches: a seeded permutation per epoch, sliced by step (see the module docstring)."""
 
+    GROUP = 50
+    """With group_by_length, examples are sorted by length within windows of this many batches."""
+
     def __init__(self, enc: Encoded, labels: np.ndarray, batch_size: int, seed: int, pad_id: int,
-                 token_types: bool) -> None:
+                 token_types: bool, group_by_length: bool = False) -> None:
         self.enc, self.labels, self.batch_size, self.seed = enc, labels, batch_size, seed
         self.pad_id, self.token_types, self.n = pad_id, token_types, len(labels)
+        self.lengths = np.array([len(x) for x in enc.ids]) if group_by_length else None
         self._perm_epoch, self._perm = -1, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:  # cached: consecutive steps share an epoch
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            self._perm_epoch = epoch
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            if self.lengths is not None:  # longest first within each window: batches of like lengths pad less
+                window = self.GROUP * self.batch_size
+                perm = np.concatenate([w[np.argsort(-self.lengths[w], kind="stable")]
+                                       for w in np.split(perm, range(window, self.n, window))])
+            self._perm, self._perm_epoch = perm, epoch
         return self._perm
 
     def indices(self, step: int) -> np.ndarray:

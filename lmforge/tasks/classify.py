@@ -134,7 +134,8 @@ def prepare(cfg: ClassifyConfig, runtime: Runtime, run_dir: Path, resume: bool, 
         counts = np.bincount(train_ids, minlength=len(labels))
         weights = torch.tensor(len(train_ids) / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32)
     objective = functools.partial(classification_loss, class_weights=weights)
-    batches = LabeledBatches(train_enc, train_ids, cfg.train.batch_size, ft.seed, tok.pad_id, _token_types(cfg))
+    batches = LabeledBatches(train_enc, train_ids, cfg.train.batch_size, ft.seed, tok.pad_id, _token_types(cfg),
+                             ft.train_sampling_strategy == "group_by_length")
 
     def measure(model, split: str = "dev") -> dict:
         # DDP's wrapper is left out (forwards without gradients need no reduction, and the processes may
