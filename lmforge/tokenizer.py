@@ -104,6 +104,10 @@ class Tokenizer:
     """A trained `tokenizers.Tokenizer` plus its kind, special-token roles and fingerprint."""
 
     def __init__(self, backend, kind: str, specials: dict[str, str], lowercase: bool = False) -> None:
+        # lmforge pads and truncates itself (batches, max_length counts): a tokenizer.json that pads every
+        # text to 128 tokens (as many hub tokenizers do) must not do it inside `encode`
+        backend.no_padding()
+        backend.no_truncation()
         self._backend = backend
         self.kind = kind
         self.lowercase = lowercase

@@ -246,3 +246,23 @@ def test_sharded_safetensors_and_slow_tokenizer_files(tmp_path, toks):  # noqa: 
     ids = torch.tensor([auto(TEXTS[0])["input_ids"]])
     with torch.no_grad():
         assert (run.model(ids) - model.eval()(ids).logits).abs().max().item() < 1e-4
+
+
+def test_a_tokenizer_json_that_pads_and_truncates_is_read_without_either(tmp_path, toks):  # noqa: F811
+    """Hub tokenizer.json files often pad every text to a fixed length: lmforge pads its own batches."""
+    hf_tok = bert_tokenizer(toks["wordpiece"])
+    model, _ = build("BertModel", len(hf_tok))
+    model.save_pretrained(tmp_path / "hf")
+    hf_tok.save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf" / "tokenizer.json"
+    raw = json.loads(path.read_text())
+    raw["padding"] = {"strategy": {"Fixed": 48}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                      "pad_type_id": 0, "pad_token": "[PAD]"}
+    raw["truncation"] = {"max_length": 48, "strategy": "LongestFirst", "stride": 0, "direction": "Right"}
+    path.write_text(json.dumps(raw))
+    import_hf(tmp_path / "hf", tmp_path / "run")
+    run = load_run(tmp_path / "run")
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    long = " ".join(TEXTS * 6)
+    for text in [*TEXTS, long]:
+        assert [run.tokenizer.cls_id, *run.tokenizer.encode(text), run.tokenizer.sep_id] == auto(text)["input_ids"]
