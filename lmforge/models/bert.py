@@ -1,6 +1,7 @@
 """BERT: a bidirectional transformer encoder with a masked-LM head and a [CLS] pooler.
 
-Dimensions: B batch, T sequence length, C d_model, V vocabulary, nh heads, hs head size (C // nh).
+Dimensions: B batch, T sequence length, N real (unpadded) tokens of a batch, C d_model, V vocabulary,
+nh heads, hs head size (C // nh).
 
 Every weight corresponds to exactly one tensor of `transformers.BertForMaskedLM` (plus the pooler of
 `BertModel`), so export is a renaming; the tests check the logits against it.
@@ -71,6 +72,32 @@ class BertConfig:
 
 
 
+class Layout:
+    """Where the real tokens of a right-padded (B, T) batch sit, so that every per-token layer (the
+    projections, the MLP, the norms: nearly all of the FLOPs) runs on those N tokens alone, and only
+    attention sees the padded (B, T) grid. Short texts padded to the longest of their batch are mostly
+    padding; without any padding `pad`/`unpad` are reshapes and nothing is copied.
+    """
+
+    def __init__(self, attention_mask: torch.Tensor | None, B: int, T: int) -> None:
+        self.B, self.T = B, T
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        self.index = None if attention_mask is None else attention_mask.flatten().nonzero().squeeze(1)  # (N,)
+        self.mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) -> (N, D), the real tokens in order."""
+        flat = x.flatten(0, 1)
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) -> (B, T, D), zeros at the padding."""
+        if self.index is None:
+            return x.view(self.B, self.T, -1)
+        return x.new_zeros(self.B * self.T, x.size(-1)).index_copy(0, self.index, x).view(self.B, self.T, -1)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
@@ -82,13 +109,14 @@ class Attention(nn.Module):
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = (lin(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+    def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """x (N, C): the real tokens; returns (N, C)."""
+        B, T, C = layout.B, layout.T, x.size(-1)
+        q, k, v = (layout.pad(lin(x)).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for lin in (self.query, self.key, self.value))  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        y = layout.unpad(y.transpose(1, 2).reshape(B, T, C))  # (N, C)
         return self.drop(self.out(y))
 
 
@@ -100,7 +128,7 @@ class MLP(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x))))  # exact erf GELU, as in BERT; (B, T, C)
+        return self.drop(self.fc2(F.gelu(self.fc1(x))))  # exact erf GELU, as in BERT; (N, C)
 
 
 class Block(nn.Module):
@@ -112,11 +140,11 @@ class Block(nn.Module):
         self.attn, self.ln_attn = Attention(cfg), nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp, self.ln_mlp = MLP(cfg), nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.attn(self.ln_attn(x), mask)
+            x = x + self.attn(self.ln_attn(x), layout)
             return x + self.mlp(self.ln_mlp(x))
-        x = self.ln_attn(x + self.attn(x, mask))  # (B, T, C)
+        x = self.ln_attn(x + self.attn(x, layout))  # (N, C)
         return self.ln_mlp(x + self.mlp(x))
 
 
@@ -172,13 +200,11 @@ class Bert(nn.Module):
             x = x + self.token_type_embeddings(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but type_vocab_size=0 (no segment embeddings)")
-        x = self.drop(self.emb_norm(x))
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T): every query sees the real keys
+        layout = Layout(attention_mask, B, T)
+        x = self.drop(self.emb_norm(layout.unpad(x)))  # (N, C): the real tokens only
         for block in self.blocks:
-            x = block(x, mask)
-        return self.ln_f(x) if self.ln_f is not None else x
+            x = block(x, layout)
+        return layout.pad(self.ln_f(x) if self.ln_f is not None else x)  # (B, T, C), zeros at the padding
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
