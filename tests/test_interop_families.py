@@ -266,3 +266,39 @@ def test_a_tokenizer_json_that_pads_and_truncates_is_read_without_either(tmp_pat
     long = " ".join(TEXTS * 6)
     for text in [*TEXTS, long]:
         assert [run.tokenizer.cls_id, *run.tokenizer.encode(text), run.tokenizer.sep_id] == auto(text)["input_ids"]
+
+
+def test_slow_tokenizer_files_vocab_merges_and_sentencepiece(tmp_path, toks):  # noqa: F811
+    """vocab.json + merges.txt (GPT-2's slow files) and a SentencePiece model (XLM-R's) without tokenizer.json."""
+    spm = pytest.importorskip("sentencepiece")
+    from conftest import make_chinese, make_english
+
+    texts = make_english(120) + make_chinese(40)
+    # GPT-2 style: save a fast GPT-2 tokenizer's slow files only
+    fast = hf_tokenizer(toks["bpe"], bert=False)
+    model, _ = build("GPT2Model", len(fast))
+    (tmp_path / "gpt").mkdir()
+    model.save_pretrained(tmp_path / "gpt")
+    vocab = fast.backend_tokenizer.get_vocab()
+    model_json = json.loads(fast.backend_tokenizer.to_str())["model"]
+    (tmp_path / "gpt" / "vocab.json").write_text(json.dumps(vocab))
+    merges = model_json["merges"]
+    lines = [" ".join(m) if isinstance(m, list) else m for m in merges]
+    (tmp_path / "gpt" / "merges.txt").write_text("#version: 0.2\n" + "\n".join(lines) + "\n")
+    (tmp_path / "gpt" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GPT2Tokenizer"}))
+    # XLM-R style: a SentencePiece unigram model
+    corpus = tmp_path / "spm.txt"
+    corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=300,
+                                   character_coverage=1.0, pad_id=1, unk_id=3, bos_id=0, eos_id=2)
+    xlmr, _ = build("XLMRobertaModel", 302)  # XLM-R shifts the pieces by one and adds <mask>
+    xlmr.save_pretrained(tmp_path / "xlmr")
+    (tmp_path / "xlmr" / "sentencepiece.bpe.model").write_bytes((tmp_path / "sp.model").read_bytes())
+    (tmp_path / "xlmr" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "XLMRobertaTokenizer"}))
+    for folder in ("gpt", "xlmr"):
+        assert not (tmp_path / folder / "tokenizer.json").exists()
+        import_hf(tmp_path / folder, tmp_path / f"run-{folder}")
+        run = load_run(tmp_path / f"run-{folder}")
+        auto = transformers.AutoTokenizer.from_pretrained(tmp_path / folder)
+        for text in TEXTS:
+            assert auto(text, add_special_tokens=False)["input_ids"] == run.tokenizer.encode(text), (folder, text)
