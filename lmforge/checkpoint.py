@@ -4,15 +4,21 @@ Layout: RUN/checkpoints/step-000123/ holding
   model.safetensors   the unwrapped model's weights (a tied tensor stored once)
   trainer_state.pt    optimizer, grad scaler, RNG states, step, tokens seen, val loss (torch.save;
                       read back with weights_only=True)
-  meta.json           step, tokens, val_loss: what `latest`/`best` resolution reads
+  meta.json           step, tokens, val_loss: what `latest`/`best` resolution reads; the sha256 of
+                      model.safetensors and trainer_state.pt, verified before they are read
   config.toml, tokenizer/   copies from the run folder, so a checkpoint stands alone
-A checkpoint is written to a hidden temporary folder and renamed into place, so a crash leaves the
-previous checkpoints intact. Since batches are a function of the step, the step *is* the data position.
+A checkpoint is written to a hidden temporary folder and renamed into place, and an old one is renamed
+out of the listing before it is deleted, so a crash leaves every listed checkpoint whole; the hidden
+leftovers of a killed save or prune are removed by the next run (`clean_stale`). A damaged file is
+refused by name, with the newest intact checkpoint to fall back to. Since batches are a function of the
+step, the step *is* the data position.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -53,11 +59,21 @@ def best_checkpoint(checkpoints: list[Path]) -> Path | None:
     return checkpoints[min(scored)[1]] if scored else None
 
 
-def find_checkpoint(run_dir: Path, which: str = "latest") -> Path:
-    """`latest`, `best` (lowest val loss; latest when none was evaluated), `step-N`, N, or a path."""
+def find_checkpoint(run_dir: Path, which: str = "latest", skip_damaged: bool = False) -> Path:
+    """`latest`, `best` (lowest val loss; latest when none was evaluated), `step-N`, N, or a path.
+
+    `skip_damaged` leaves out checkpoints whose files fail their checksums (saying so), so `latest` is
+    then the newest intact one; by default a damaged choice is refused when it is read.
+    """
     if Path(which).is_dir() and (Path(which) / "meta.json").is_file():
         return Path(which)
     checkpoints = list_checkpoints(run_dir)
+    if skip_damaged:
+        why = {c: damage(c) for c in checkpoints}
+        for c, reason in why.items():
+            if reason is not None:
+                print(f"lmforge: skipping damaged checkpoint {c} ({reason})", flush=True)
+        checkpoints = [c for c in checkpoints if why[c] is None]
     if not checkpoints:
         raise LmforgeError(f"{run_dir} has no checkpoints: train it first with `lmforge pretrain`")
     if which == "latest":
@@ -106,35 +122,94 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: Any, 
     `optimizer_state`, when given, replace `model.state_dict()` / `optimizer.state_dict()`: the
     whole states gathered from FSDP shards (`Runtime.full_state`).
     """
+    from lmforge.atomic import writing
+
     run_dir = Path(run_dir)
     final = checkpoint_dir(run_dir, step)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    with writing(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
-        if model_state is None:
-            save_model(model, str(tmp / "model.safetensors"))
-        else:
-            _save_state(model, model_state, tmp / "model.safetensors")
-        optimizer_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
-        trainer_state = {"optimizer": optimizer_state, "scaler": scaler.state_dict(),
-                         "rng": rng_states(), **state}
-        torch.save(trainer_state, tmp / "trainer_state.pt")
-        for name in ("config.toml", "tokenizer"):
-            src = run_dir / name
-            if src.is_dir():
-                shutil.copytree(src, tmp / name)
-            elif src.is_file():
-                shutil.copy2(src, tmp / name)
-        meta = {k: v for k, v in state.items() if isinstance(v, (int, float, str, type(None)))}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if final.exists():  # re-saving a step (e.g. Ctrl-C right after a periodic save)
-            shutil.rmtree(final)
-        tmp.rename(final)
+        with writing(final):  # a full disk: one line, the earlier checkpoints untouched
+            if model_state is None:
+                save_model(model, str(tmp / "model.safetensors"))
+            else:
+                _save_state(model, model_state, tmp / "model.safetensors")
+            optimizer_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
+            trainer_state = {"optimizer": optimizer_state, "scaler": scaler.state_dict(),
+                             "rng": rng_states(), **state}
+            torch.save(trainer_state, tmp / "trainer_state.pt")
+            for name in ("config.toml", "tokenizer"):
+                src = run_dir / name
+                if src.is_dir():
+                    shutil.copytree(src, tmp / name)
+                elif src.is_file():
+                    shutil.copy2(src, tmp / name)
+            write_meta(tmp, {k: v for k, v in state.items() if isinstance(v, (int, float, str, type(None)))})
+            if final.exists():  # re-saving a step (e.g. Ctrl-C right after a periodic save)
+                _delete(final)
+            tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     prune_checkpoints(run_dir, keep_last)
     return final
+
+
+CHECKSUMMED = ("model.safetensors", "trainer_state.pt")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_meta(ckpt: Path, meta: dict[str, Any]) -> None:
+    """meta.json of a checkpoint folder being written, with the checksums of its files."""
+    sums = {name: _sha256(ckpt / name) for name in CHECKSUMMED if (ckpt / name).is_file()}
+    (ckpt / "meta.json").write_text(json.dumps({**meta, "sha256": sums}, indent=2))
+
+
+def damage(ckpt: Path, files: tuple[str, ...] = CHECKSUMMED) -> str | None:
+    """Why checkpoint `ckpt` cannot be read ("model.safetensors is missing", "... does not match its
+    checksum"), or None when it is intact. Checkpoints saved without checksums are taken as they are."""
+    sums = read_meta(ckpt).get("sha256") or {}
+    for name in files:
+        if name in sums and not (ckpt / name).is_file():
+            return f"{name} is missing"
+        if name in sums and _sha256(ckpt / name) != sums[name]:
+            return f"{name} does not match the checksum saved with it (damaged)"
+    if "model.safetensors" in files and not (ckpt / "model.safetensors").is_file():
+        return "model.safetensors is missing"
+    return None
+
+
+def check_intact(ckpt: Path, files: tuple[str, ...] = CHECKSUMMED) -> None:
+    why = damage(ckpt, files)
+    if why is None:
+        return
+    others = [c for c in reversed(list_checkpoints(ckpt.parent.parent)) if c != ckpt and damage(c, files) is None]
+    fallback = (f"the newest intact one is {others[0].name}: pass --checkpoint {others[0].name} (or "
+                f"--skip-damaged)") if others else "no other checkpoint is intact"
+    raise LmforgeError(f"checkpoint {ckpt}: {why}; {fallback}")
+
+
+def _delete(ckpt: Path) -> None:
+    """Remove a checkpoint folder: out of the listing first (a rename), then its files."""
+    doomed = ckpt.with_name(f".{ckpt.name}.deleting")
+    os.replace(ckpt, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_stale(run_dir: Path) -> None:
+    """The hidden leftovers of saves and prunes a kill interrupted (call while holding the run's lock)."""
+    root = Path(run_dir) / "checkpoints"
+    if root.is_dir():
+        for stale in root.glob(".step-*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _save_state(model: nn.Module, model_state: dict[str, torch.Tensor], path: Path) -> None:
@@ -153,15 +228,18 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
         keep.add(best)
     for c in checkpoints:
         if c not in keep:
-            shutil.rmtree(c, ignore_errors=True)
+            _delete(c)
 
 
 def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu") -> None:
     path = Path(ckpt) / "model.safetensors"
+    check_intact(Path(ckpt), ("model.safetensors",))
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
     except RuntimeError as e:  # shape mismatches
         missing, unexpected = [str(e).splitlines()[-1].strip()], []
+    except Exception as e:  # noqa: BLE001 - a damaged file saved before checksums existed
+        raise LmforgeError(f"{path}: unreadable weights ({type(e).__name__}): use another checkpoint") from None
     if missing or unexpected:
         raise LmforgeError(f"{path} does not fit the model of config.toml (missing {sorted(missing)[:3]}, "
                            f"unexpected {sorted(unexpected)[:3]}): was the config edited?")
@@ -171,9 +249,14 @@ def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Any = None, scaler:
                     restore_rng: bool = True) -> dict[str, Any]:
     """Load weights (and optimizer, scaler, RNG) in place; return the trainer state (step, ...)."""
     ckpt = Path(ckpt)
+    check_intact(ckpt, ("trainer_state.pt",))  # the weights are checked as they load
     device = next(model.parameters()).device
     load_weights(ckpt, model, device)
-    state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(ckpt / "trainer_state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unreadable, or holds more than plain state
+        raise LmforgeError(f"{ckpt / 'trainer_state.pt'}: unreadable trainer state ({type(e).__name__}): resume "
+                           "from another checkpoint (--skip-damaged), or start again") from None
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
     if scaler is not None:

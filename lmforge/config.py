@@ -41,6 +41,15 @@ def check(ok: bool, key: str, message: str) -> None:
         raise LmforgeError(f"config key '{key}' {message}")
 
 
+def check_ranges(cfg: Any, section: str, positive: str = "", non_negative: str = "", fraction: str = "") -> None:
+    """The range checks of a section's numeric fields (space-separated names): > 0, >= 0, in [0, 1)."""
+    for names, ok, rule in ((positive, lambda v: v > 0, "> 0"), (non_negative, lambda v: v >= 0, ">= 0"),
+                            (fraction, lambda v: 0 <= v < 1, "in [0, 1)")):
+        for name in names.split():
+            value = getattr(cfg, name)
+            check(ok(value), f"{section}.{name}", f"must be {rule}, got {value!r}")
+
+
 def resolve_preset(name_or_path: str) -> Path:
     """A config path, or the name of a shipped preset (`gpt-tiny`, `bert-tiny`, ...)."""
     path = Path(name_or_path)

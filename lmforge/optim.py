@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from lmforge.config import check
+from lmforge.config import check, check_ranges
 from lmforge.errors import LmforgeError
 
 
@@ -39,7 +39,8 @@ class OptimConfig:
     """Use fused AdamW/Adam kernels where the device supports them."""
 
     def __post_init__(self) -> None:
-        check(self.lr > 0, "optim.lr", "must be positive")
+        check_ranges(self, "optim", positive="lr eps", non_negative="weight_decay", fraction="momentum")
+        check(all(0 <= b < 1 for b in self.betas), "optim.betas", f"must both be in [0, 1), got {self.betas}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,9 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         check(0.0 < self.plateau_factor <= 1.0, "schedule.plateau_factor", "must be in (0, 1]")
+        check_ranges(self, "schedule", non_negative="warmup_steps")
+        check(0 <= self.min_lr_ratio <= 1 and 0 <= self.decay_fraction <= 1, "schedule.min_lr_ratio",
+              "and schedule.decay_fraction must be in [0, 1]")
 
 
 # ----------------------------------------------------------------------------------------------------

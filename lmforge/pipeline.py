@@ -18,7 +18,7 @@ import torch
 
 from lmforge import runs
 from lmforge.config import read_toml, resolve_preset, to_dict
-from lmforge.errors import LmforgeError
+from lmforge.errors import Interrupted, LmforgeError
 from lmforge.tasks import LoadedRun, Source, get_task, load_config, load_run, read_config
 from lmforge.tasks.finetuning import refuse_covered
 
@@ -37,36 +37,51 @@ def _silent(message: str) -> None:
 
 
 def train_run(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool = False,
-              source: Source | None = None) -> dict[str, Any]:
-    """Train `cfg.task` as `cfg` says into run folder `out`; `resume` continues its latest checkpoint.
+              source: Source | None = None, skip_damaged: bool = False) -> dict[str, Any]:
+    """Train `cfg.task` as `cfg` says into run folder `out`; `resume` continues its latest checkpoint
+    (`skip_damaged`: the newest intact one).
 
     Under torchrun every process runs this: they split each step's batch and the evaluation data, and
-    only rank 0 writes files and prints. Returns the run's final metrics (eval_results.json), if any.
+    only rank 0 writes files and prints, holding the folder's lock for the whole run (a second writer of
+    the same folder is refused). Returns the run's final metrics (eval_results.json), if any; a run
+    stopped by Ctrl-C or SIGTERM saves, then raises `Interrupted`.
     """
+    import contextlib
+    import os
+
+    from lmforge.atomic import locked
+    from lmforge.checkpoint import clean_stale
     from lmforge.runtime import setup_runtime
 
     out, task = Path(out), get_task(cfg.task)
-    if resume and not (out / runs.CONFIG).is_file():
-        raise LmforgeError(f"cannot resume {out}: it has no config.toml (start it without --resume)")
-    if not resume:
-        runs.check_new(out, overwrite)
-    if source is not None:
-        _check_source_model(cfg.model, source)
-    runtime = setup_runtime(cfg.runtime)
-    try:
-        return _train(task, cfg, out, runtime, resume, overwrite, source)
-    finally:
-        runtime.close()
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with locked(out) if rank0 else contextlib.nullcontext():
+        if resume and not (out / runs.CONFIG).is_file():
+            raise LmforgeError(f"cannot resume {out}: it has no config.toml (start it without --resume)")
+        if not resume:
+            runs.check_new(out, overwrite)
+        elif rank0:
+            clean_stale(out)
+        if source is not None:
+            _check_source_model(cfg.model, source)
+        runtime = setup_runtime(cfg.runtime)
+        try:
+            return _train(task, cfg, out, runtime, resume, overwrite, source, skip_damaged)
+        finally:
+            runtime.close()
 
 
-def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source: Source | None) -> dict:
+def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source: Source | None,
+           skip_damaged: bool) -> dict:
     from lmforge.checkpoint import find_checkpoint, load_weights
     from lmforge.config import save_config
-    from lmforge.train import train
+    from lmforge.train import resume_point, train
 
     say = _say if runtime.is_main else _silent
     data = task.prepare(cfg, runtime, out, resume, source, say)
     cfg = data.cfg
+    if resume:
+        resume_point(out, cfg.train, skip_damaged)  # refuse a damaged or lost history before writing anything
     torch.manual_seed(cfg.train.seed)
     model = task.build_model(cfg, data.files)
     if source is not None and not resume:
@@ -82,14 +97,17 @@ def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source:
     say(f"{task.name}: {cfg.model.kind} with {n_params / 1e6:.2f}M parameters on {runtime.device} "
         f"({cfg.runtime.precision}), {cfg.train.max_steps} steps of {data.step_holds}{over} -> {out}")
     result = train(model, data.objective, data.batches, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule,
-                   train_cfg=cfg.train, runtime=runtime, run_dir=out, evaluate_fn=data.evaluate, resume=resume)
+                   train_cfg=cfg.train, runtime=runtime, run_dir=out, evaluate_fn=data.evaluate, resume=resume,
+                   skip_damaged=skip_damaged)
     best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
-    verb = {"interrupted": "stopped by Ctrl-C at", "time": "stopped by train.max_minutes at",
+    verb = {"interrupted": "stopped by a signal (saved) at", "time": "stopped by train.max_minutes at",
             "early_stopping": "stopped early at"}.get(result.stopped, "finished")
     command = "pretrain" if data.final is None else "finetune"
     hint = f"; continue with `lmforge {command} --resume {out}`" if result.stopped == "interrupted" else ""
     say(f"{verb} step {result.step}{best}; checkpoint {result.checkpoint}{hint}")
-    if data.final is None or result.stopped == "interrupted":
+    if result.stopped == "interrupted":
+        raise Interrupted(result.signal or 2)
+    if data.final is None:
         return {}
     ckpt = find_checkpoint(out, "best")
     if runtime.parallel == "fsdp":  # the trained model is sharded: evaluate a plain copy of the best
@@ -137,7 +155,7 @@ def source_of(run: str | Path, checkpoint: str = "best") -> Source:
 
 
 def pretrain(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool = False,
-             init_from: str | Path | None = None) -> Path:
+             init_from: str | Path | None = None, skip_damaged: bool = False) -> Path:
     """Pretrain as `cfg` says into `out`. `init_from` (a run folder) starts a fresh run (step 0, new
     optimizer) from that run's best weights and tokenizer; `cfg.model` must be its model (`init_config`)."""
     if resume and init_from is not None:
@@ -149,7 +167,7 @@ def pretrain(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool = 
     if init_from is not None:
         _source_config(Path(init_from), "--init-from")
         source = source_of(init_from)
-    train_run(cfg, out, resume=resume, overwrite=overwrite, source=source)
+    train_run(cfg, out, resume=resume, overwrite=overwrite, source=source, skip_damaged=skip_damaged)
     return Path(out)
 
 
@@ -203,7 +221,8 @@ def finetune_config(task: str, source: str | Path | None = None, path: str | Pat
     return config_from(raw, str(path or "finetune (with flags and --set)"))
 
 
-def finetune(cfg: Any, out: str | Path | None = None, resume: bool = False, overwrite: bool = False) -> dict:
+def finetune(cfg: Any, out: str | Path | None = None, resume: bool = False, overwrite: bool = False,
+             skip_damaged: bool = False) -> dict:
     """Fine-tune `cfg.finetune.from_run` as `cfg` says into run folder `out` (default finetune.output_dir);
     returns the final dev (and test) metrics of the best checkpoint."""
     out = out or cfg.finetune.output_dir
@@ -216,7 +235,7 @@ def finetune(cfg: Any, out: str | Path | None = None, resume: bool = False, over
             raise LmforgeError("finetune needs --from RUN (finetune.from_run): the pretrained run to start from")
         _source_config(Path(ft.from_run), "finetune --from")
         source = source_of(ft.from_run, ft.from_checkpoint)
-    return train_run(cfg, out, resume=resume, overwrite=overwrite, source=source)
+    return train_run(cfg, out, resume=resume, overwrite=overwrite, source=source, skip_damaged=skip_damaged)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,11 +243,12 @@ def finetune(cfg: Any, out: str | Path | None = None, resume: bool = False, over
 
 
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, split: str | None = None,
-                 max_batches: int = 0, checkpoint: str = "best", device: str = "auto") -> dict:
+                 max_batches: int = 0, checkpoint: str = "best", device: str = "auto",
+                 skip_damaged: bool = False) -> dict:
     """`lmforge eval`: a run's checkpoint on held-out data, as its task measures it."""
     from lmforge.runtime import setup_runtime
 
-    run = load_run(run_dir, checkpoint, device)
+    run = load_run(run_dir, checkpoint, device, skip_damaged)
     device_name = str(next(run.model.parameters()).device)
     runtime = setup_runtime(dataclasses.replace(run.config.runtime, device=device_name, compile=False,
                                                 parallel="none"))

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from lmforge.errors import LmforgeError
 
+FORMATS = ("png", "svg", "pdf", "jpg", "jpeg")
+
 _PANELS = [("loss", "train loss"), ("val_loss", "validation loss"), ("lr", "learning rate"),
            ("tokens_per_s", "throughput (tokens/s)")]
 
@@ -22,6 +24,10 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def plot_runs(run_dirs: list[Path], out: Path) -> None:
     from lmforge.extras import require
 
+    kind = Path(out).suffix.lstrip(".").lower()
+    if kind not in FORMATS:
+        raise LmforgeError(f"--out {out}: plots are written as {', '.join('.' + f for f in FORMATS)}; name the "
+                           "file with one of them")
     require("matplotlib", "plotting")
     import matplotlib
     import matplotlib.ticker
@@ -53,6 +59,6 @@ def plot_runs(run_dirs: list[Path], out: Path) -> None:
         if ax.has_data():
             ax.legend(fontsize=8)
     buf = io.BytesIO()
-    fig.savefig(buf, format=Path(out).suffix.lstrip(".") or "png", dpi=110)
+    fig.savefig(buf, format=kind, dpi=110)
     plt.close(fig)
     write_bytes(out, buf.getvalue())

@@ -114,7 +114,11 @@ def read_json(run_dir: str | Path, name: str) -> Any:
     path = Path(run_dir) / name
     if not path.is_file():
         raise LmforgeError(f"{run_dir} has no {name}: was it made by another command?")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LmforgeError(f"{path}: not valid JSON ({e}): restore it from a checkpoint's copy or rerun the "
+                           "command that wrote it") from None
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -161,7 +165,7 @@ def save_run(out: str | Path, model, tok, cfg: Any, step: int = 0, overwrite: bo
     how imported and transformed models become runs that every command takes."""
     from safetensors.torch import save_model
 
-    from lmforge.checkpoint import checkpoint_dir
+    from lmforge.checkpoint import checkpoint_dir, write_meta
 
     out = Path(out)
     with output_dir(out, overwrite=overwrite) as tmp:
@@ -171,5 +175,5 @@ def save_run(out: str | Path, model, tok, cfg: Any, step: int = 0, overwrite: bo
         save_model(model, str(ckpt / "model.safetensors"))
         shutil.copy2(tmp / CONFIG, ckpt / CONFIG)
         shutil.copytree(tmp / TOKENIZER, ckpt / TOKENIZER)
-        write_json(ckpt / "meta.json", {"step": step, "tokens": 0, "val_loss": None, **(meta or {})})
+        write_meta(ckpt, {"step": step, "tokens": 0, "val_loss": None, **(meta or {})})
     return out

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from lmforge.config import check_ranges
 from lmforge.errors import LmforgeError
 
 
@@ -46,8 +47,7 @@ class RuntimeConfig:
     """Seconds a process waits in a collective (all-reduce, barrier) before the job fails instead of hanging."""
 
     def __post_init__(self):
-        if self.timeout_s <= 0:
-            raise LmforgeError(f"config key 'runtime.timeout_s' = {self.timeout_s} must be > 0 (seconds)")
+        check_ranges(self, "runtime", positive="timeout_s", non_negative="num_threads")
 
 
 # Dense (no sparsity) peak throughput per GPU, FLOP/s, by precision: the MFU denominator.

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from lmforge.config import check, dumps_toml
+from lmforge.config import check_ranges, dumps_toml
 from lmforge.errors import LmforgeError
 
 
@@ -48,7 +48,7 @@ class TokenizerConfig:
     """Train on at most this many bytes of the corpus (vocabularies converge long before)."""
 
     def __post_init__(self) -> None:
-        check(self.vocab_size > 0, "tokenizer.vocab_size", "must be positive")
+        check_ranges(self, "tokenizer", positive="vocab_size max_train_bytes", non_negative="min_frequency")
 
 
 ROLES = ("eot", "pad", "unk", "mask", "cls", "sep")
@@ -136,7 +136,11 @@ class Tokenizer:
         return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids) -> str:
-        ids = [int(i) for i in ids if int(i) != self.pad_id]
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:  # the backend would drop it without a word
+            raise LmforgeError(f"token id {bad} is out of range: this tokenizer has ids 0..{self.vocab_size - 1}")
+        ids = [i for i in ids if i != self.pad_id]
         return self._backend.decode(ids, skip_special_tokens=False)
 
     def id_to_piece(self, i: int) -> str:

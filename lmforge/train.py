@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lmforge.atomic import write_text
+from lmforge.atomic import write_text, writing
 from lmforge.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
-from lmforge.config import check
+from lmforge.config import check, check_ranges
 from lmforge.errors import LmforgeError
 from lmforge.extras import available, skipped
 from lmforge.objectives import count_targets
@@ -71,9 +71,9 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        check(self.max_steps > 0, "train.max_steps", "must be positive")
         check(self.max_minutes >= 0, "train.max_minutes", "must be >= 0 (0 turns the budget off)")
-        check(self.batch_size > 0, "train.batch_size", "must be positive")
+        check_ranges(self, "train", positive="max_steps batch_size log_every",
+                     non_negative="micro_batch_size grad_clip eval_every eval_batches save_every keep_last")
 
     def grad_accum_steps(self, world_size: int = 1) -> int:
         """Micro-steps per optimizer step on each process."""
@@ -116,9 +116,11 @@ class TrainResult:
     """Optimizer steps completed."""
     stopped: str
     """'done', 'time' (past `train.max_minutes`: saved and evaluated), 'early_stopping' (the evaluation
-    said stop: saved), or 'interrupted' (Ctrl-C: saved, resumable)."""
+    said stop: saved), or 'interrupted' (Ctrl-C or SIGTERM: saved, resumable)."""
     checkpoint: Path | None
     best_val_loss: float | None
+    signal: int | None = None
+    """The signal that interrupted the run."""
 
 
 class MetricsLog:
@@ -146,8 +148,9 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        with writing(self.path):  # a full disk mid-run: one line; the checkpoints so far stay whole
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -173,23 +176,30 @@ def _step_of(line: str) -> float:
         return math.inf
 
 
+class _Flag(threading.Event):
+    signum: int | None = None
+
+
 @contextlib.contextmanager
-def _sigint_flag() -> Iterator[threading.Event]:
-    """Ctrl-C sets a flag the loop reads after the current step; a second Ctrl-C interrupts at once."""
-    flag = threading.Event()
+def _stop_signals() -> Iterator[_Flag]:
+    """Ctrl-C or SIGTERM (what schedulers send) sets a flag the loop reads after the current step: it
+    saves and stops. The same signal again interrupts at once."""
+    flag = _Flag()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
 
     def handler(signum, frame):
+        flag.signum = signum
         flag.set()
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signum, previous[signum])
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def _every(n: int, done: int, last: bool) -> bool:
@@ -198,10 +208,11 @@ def _every(n: int, done: int, last: bool) -> bool:
 
 def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: OptimConfig,
           schedule_cfg: ScheduleConfig, train_cfg: TrainConfig, runtime: Runtime, run_dir: Path,
-          evaluate_fn: EvaluateFn | None = None, resume: bool = False) -> TrainResult:
+          evaluate_fn: EvaluateFn | None = None, resume: bool = False, skip_damaged: bool = False) -> TrainResult:
     """Train `model` (a plain module) for `train_cfg.max_steps` optimizer steps.
 
-    `resume` continues from the latest checkpoint in `run_dir` (weights, optimizer, scaler, RNG, step).
+    `resume` continues from the latest checkpoint in `run_dir` (weights, optimizer, scaler, RNG, step);
+    `skip_damaged` resumes from the newest intact one when the latest fails its checksums.
     `evaluate_fn(model) -> Evaluation` runs every `eval_every` steps and at the end, in eval mode under
     no_grad; its select loss picks the best checkpoint, and its `stop` ends the run there (saved).
     """
@@ -210,8 +221,9 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     scaler = runtime.grad_scaler()
     start, best, tokens_seen, state = 0, None, 0, None
     schedule = Schedule(schedule_cfg, train_cfg.max_steps)
-    if resume and list_checkpoints(run_dir):
-        state = load_checkpoint(find_checkpoint(run_dir, "latest"), raw, None, scaler)
+    ckpt = resume_point(run_dir, train_cfg, skip_damaged) if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, raw, None, scaler)
         start, best, tokens_seen = state["step"], state.get("best_val_loss"), state.get("tokens", 0)
         schedule.load_state_dict(state)
         if "objective" in state and hasattr(objective, "load_state_dict"):
@@ -249,7 +261,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
         runtime.barrier()  # nobody reads or resumes a checkpoint still being written
         return path
 
-    with _sigint_flag() as interrupted:
+    with _stop_signals() as interrupted:
         try:
             for step in range(start, train_cfg.max_steps):
                 done, last = step + 1, step + 1 == train_cfg.max_steps
@@ -317,8 +329,34 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
         finally:
             bar.close()
             log.close()
-    return TrainResult(step=done, stopped=stopped,
-                       checkpoint=checkpoint, best_val_loss=best)
+    return TrainResult(step=done, stopped=stopped, checkpoint=checkpoint, best_val_loss=best,
+                       signal=interrupted.signum)
+
+
+def resume_point(run_dir: Path, train_cfg: TrainConfig, skip_damaged: bool = False) -> Path | None:
+    """The checkpoint a resume continues from (None: step 0), checked whole before anything is written.
+
+    No checkpoint means step 0, right after a kill before the first one; but not when the metrics show
+    the run got past it (its checkpoints were deleted): that history is kept, and the resume refused.
+    """
+    from lmforge.checkpoint import check_intact
+
+    run_dir = Path(run_dir)
+    if not list_checkpoints(run_dir):
+        _check_nothing_lost(run_dir, min(train_cfg.save_every or train_cfg.max_steps, train_cfg.max_steps))
+        return None
+    ckpt = find_checkpoint(run_dir, "latest", skip_damaged)
+    check_intact(ckpt)
+    return ckpt
+
+
+def _check_nothing_lost(run_dir: Path, first_save: int) -> None:
+    path = run_dir / "metrics.jsonl"
+    steps = [_step_of(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    reached = max((s for s in steps if s != math.inf), default=0)
+    if reached > first_save:
+        raise LmforgeError(f"cannot resume {run_dir}: its checkpoints/ holds no checkpoint but metrics.jsonl "
+                           f"reaches step {reached}: restore the checkpoints, or start again with --overwrite")
 
 
 def _past_budget(max_minutes: float, t_start: float, runtime: Runtime) -> bool:

@@ -56,7 +56,33 @@ def test_csv_header_and_index(tmp_path: Path) -> None:
     p.write_text('id,body\n1,"a, quoted\nmultiline"\n2,plain\n', encoding="utf-8")
     assert read([p], text_column="body") == ["a, quoted\nmultiline", "plain"]
     assert read([p], text_column="1") == ["body", "a, quoted\nmultiline", "plain"]
+    with pytest.raises(LmforgeError, match=r"d\.csv:1: no text column among 'id', 'body'"):
+        read([p])
     with pytest.raises(LmforgeError, match=r"d\.csv:1: no column 'text' \(columns: id, body\)"):
+        read([p], text_column="text")
+    guessed = tmp_path / "glue.csv"
+    guessed.write_text("text_a,label\nthe first,1\nthe second,0\n", encoding="utf-8")
+    assert read([guessed]) == ["the first", "the second"]  # the header is recognised as fine-tuning does
+
+
+def test_csv_unterminated_quote_is_an_error_not_a_document(tmp_path: Path) -> None:
+    p = tmp_path / "d.csv"
+    p.write_text('text\n"one fine document\nsecond line\nthird\n', encoding="utf-8")
+    with pytest.raises(LmforgeError, match=r"d\.csv:\d+: malformed CSV"):
+        read([p])
+
+
+@pytest.mark.parametrize("suffix", [".zst", ".gz", ".xz"])
+def test_a_truncated_compressed_input_is_an_error(tmp_path: Path, suffix: str) -> None:
+    import lzma
+
+    import zstandard
+
+    data = "".join(f"document number {i} with some words in it\n\n" for i in range(400)).encode()
+    packed = {".zst": zstandard.ZstdCompressor().compress, ".gz": gzip.compress, ".xz": lzma.compress}[suffix](data)
+    p = tmp_path / f"d.txt{suffix}"
+    p.write_bytes(packed[: len(packed) * 2 // 3])
+    with pytest.raises(LmforgeError, match=r"d\.txt\.\w+: cannot decompress .*cut short"):
         read([p])
 
 

@@ -139,7 +139,7 @@ def test_export_is_atomic_and_refuses_existing_folder(tmp_path, toks):
         export_hf(tmp_path / "run", tmp_path / "hf")
     export_hf(tmp_path / "run", tmp_path / "hf", overwrite=True)
     assert not (tmp_path / "hf" / "keep.txt").exists()
-    assert not list(tmp_path.glob(".hf.*"))
+    assert [p.name for p in tmp_path.glob(".hf.*")] == [".hf.lock"]  # no temporary folder, the lock file stays
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -112,3 +112,19 @@ def test_group_by_length_batches_like_lengths_and_stays_a_permutation():
     assert padding(grouped.get(s) for s in range(50)) < padding(plain.get(s) for s in range(50)) / 3
     assert np.array_equal(grouped.indices(7), LabeledBatches(enc, labels, 8, seed=1, pad_id=0, token_types=False,
                                                              group_by_length=True).indices(7))  # pure in the step
+
+
+def test_an_unrecognised_header_is_refused_not_read_as_an_example(tmp_path):
+    p = tmp_path / "d.tsv"
+    p.write_text("review body\tstars\n" + "".join(f"a fine long review number {i}\t{i % 2}\n" for i in range(10)))
+    with pytest.raises(LmforgeError, match=r"d\.tsv:1: the first line \(review body \| stars\) looks like a header"):
+        read_labeled(p)
+    assert read_labeled(p, text_column="review body", label_column="stars", header="yes").labels[:2] == ["0", "1"]
+    assert len(read_labeled(p, header="no")) == 11  # asked for: the first line is an example
+
+
+def test_a_csv_with_an_unterminated_quote_names_the_file(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text('sentence,label\n"good film,1\nbad film,0\n')
+    with pytest.raises(LmforgeError, match=r"d\.csv:\d+: malformed CSV"):
+        read_labeled(p)

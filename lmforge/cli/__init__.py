@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import Interrupted, LmforgeError
 
 
 def build_parser(finetune_flags: bool = True) -> argparse.ArgumentParser:
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # saved; already said so
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("lmforge: interrupted", file=sys.stderr)
         return 130

@@ -20,6 +20,12 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 def add_checkpoint(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default="best", help="best, latest, step-N or a path")
+    add_skip_damaged(p)
+
+
+def add_skip_damaged(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-damaged", action="store_true",
+                   help="pass over checkpoints whose files fail their checksums (best/latest: the newest intact)")
 
 
 def add_nproc(p: argparse.ArgumentParser) -> None:
@@ -50,7 +56,8 @@ def run_path(run: str) -> Path:
     return Path(run)
 
 
-def load(run: str, checkpoint: str = "best", device: str = "auto"):
+def load(args: argparse.Namespace, run: str | None = None):
+    """The run of a command (args.run), its --checkpoint on its --device."""
     from lmforge.tasks import load_run
 
-    return load_run(run_path(run), checkpoint, device)
+    return load_run(run_path(run or args.run), args.checkpoint, args.device, args.skip_damaged)

@@ -27,7 +27,7 @@ def _load_for(args: argparse.Namespace, inference: str, command: str):
         what = "not a masked LM: fill-mask needs a bert run" if inference == "fill-mask" else \
             "generate needs a gpt or rnn run"
         raise LmforgeError(f"{args.run} is a {cfg.model.kind} run, {what} (use {other})")
-    run = load(str(run_dir), args.checkpoint, args.device)
+    run = load(args, str(run_dir))
     fresh = run.untrained_lm_head()
     if fresh:
         raise LmforgeError(f"{args.run} was imported without its language-model head ({', '.join(fresh[:3])}, ... "
@@ -71,7 +71,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     if bool(args.texts) == bool(args.input):
         raise LmforgeError('classify needs texts (`lmforge classify RUN "text" ...`) or --input FILE, not both')
-    run = load(args.run, args.checkpoint, args.device)
+    run = load(args)
     if args.input:
         texts, pairs, described = read_inputs(run, Path(args.input), args.text_column, args.text_pair_column)
         if described:

@@ -15,7 +15,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from lmforge.pipeline import evaluate_run
 
     metrics = evaluate_run(run_path(args.run), args.data, split=args.split, max_batches=args.batches,
-                           checkpoint=args.checkpoint, device=args.device)
+                           checkpoint=args.checkpoint, device=args.device, skip_damaged=args.skip_damaged)
     print(json.dumps({k: v for k, v in metrics.items() if k not in ("confusion", "labels")}, indent=2))
     if "confusion" in metrics:
         print(format_confusion(metrics))
@@ -35,7 +35,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from lmforge.interop import export_hf
 
-    export_hf(args.run, Path(args.out), checkpoint=args.checkpoint, overwrite=args.overwrite)
+    export_hf(args.run, Path(args.out), checkpoint=args.checkpoint, overwrite=args.overwrite,
+              skip_damaged=args.skip_damaged)
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from lmforge.cli.args import add_config_args, add_nproc, run_path
+from lmforge.cli.args import add_config_args, add_nproc, add_skip_damaged, run_path
 from lmforge.errors import LmforgeError
 
 
@@ -31,7 +31,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
             raise LmforgeError("--resume reads RUN/config.toml: drop --config (use --set to change a value)")
         if not (run_dir / "config.toml").is_file():
             raise LmforgeError(f"cannot resume {run_dir}: it has no config.toml (start it without --resume)")
-        pretrain(read_config(run_dir, overrides), run_dir, resume=True)
+        pretrain(read_config(run_dir, overrides), run_dir, resume=True, skip_damaged=args.skip_damaged)
         return 0
     if not args.config or not args.out:
         raise LmforgeError("pretrain needs --config FILE.toml|PRESET, --data SHARDS and --out RUN "
@@ -91,7 +91,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     cfg = finetune_config(args.task, source, args.config, overrides, flags,
                           resume=Path(args.resume) if args.resume else None)
     out = Path(args.resume) if args.resume else Path(cfg.finetune.output_dir or "")
-    finetune(cfg, out if str(out) not in ("", ".") else None, resume=bool(args.resume), overwrite=args.overwrite)
+    finetune(cfg, out if str(out) not in ("", ".") else None, resume=bool(args.resume), overwrite=args.overwrite,
+             skip_damaged=args.skip_damaged)
     return 0
 
 
@@ -107,6 +108,7 @@ def register(sub, finetune_flags: bool = True) -> None:
     p.add_argument("--init-from", metavar="RUN",
                    help="start a new run from RUN's weights, model and tokenizer (a run folder or hf:DIR)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    add_skip_damaged(p)
     add_nproc(p)
     p.set_defaults(func=cmd_pretrain)
 
@@ -121,6 +123,7 @@ def register(sub, finetune_flags: bool = True) -> None:
     p.add_argument("--resume", metavar="RUN2", help="continue a fine-tuning run from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_skip_damaged(p)
     add_config_args(p, "TOML file with a [finetune] section")
     add_nproc(p)
     for name, f in (_finetune_fields() if finetune_flags else {}).items():

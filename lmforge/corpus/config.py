@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from lmforge.config import check
+from lmforge.config import check, check_ranges
 
 
 @dataclass(frozen=True)
@@ -14,8 +14,9 @@ class CorpusConfig:
     """How a .txt file is split into documents: the whole file, blank-line paragraphs, or lines."""
     text_field: str = "text"
     """JSONL/parquet/HF field that holds the text."""
-    text_column: str = "text"
-    """CSV/TSV column that holds the text (a name, or a 0-based index for files without a header)."""
+    text_column: str = ""
+    """CSV/TSV column that holds the text: a name, a 0-based index for files without a header, or empty
+    to take the first known text column of the header (sentence, text, text_a, ...; as fine-tuning does)."""
     glob: str = "**/*"
     """Pattern of files to read inside an input folder (recursive)."""
     invalid_utf8: Literal["replace", "skip"] = "replace"
@@ -60,5 +61,6 @@ class CorpusConfig:
     def __post_init__(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "corpus.val_fraction", "must be in [0, 1)")
         check(0.0 < self.near_threshold <= 1.0, "corpus.near_threshold", "must be in (0, 1]")
-        check(self.min_chars >= 0 and self.max_chars > self.min_chars, "corpus.max_chars",
-               "must be larger than corpus.min_chars")
+        check_ranges(self, "corpus", positive="num_perm shingle_size shuffle_buffer docs_per_shard",
+                     non_negative="min_chars min_letter_ratio")
+        check(self.max_chars > self.min_chars, "corpus.max_chars", "must be larger than corpus.min_chars")

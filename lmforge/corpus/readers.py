@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import IO
 
 from lmforge.corpus.config import CorpusConfig
+from lmforge.corpus.store import TRUNCATED, CheckedZstd, damaged
 from lmforge.errors import LmforgeError
 
 COMPRESSED = (".gz", ".zst", ".xz")
@@ -100,6 +101,8 @@ def iter_inputs(inputs: list[str], cfg: CorpusConfig, stats: ReadStats) -> Itera
                 except BinaryFile:
                     raise LmforgeError(f"{path}: binary file (NUL bytes in its first {SNIFF_BYTES} bytes): "
                                        "give text, JSONL, CSV/TSV or parquet files") from None
+                except TRUNCATED as e:
+                    raise damaged(path, e) from None
             else:
                 raise LmforgeError(f"input {spec} not found: give an existing file or folder, "
                                    "hf:NAME[:CONFIG]:SPLIT, or builtin:python-docs")
@@ -120,6 +123,8 @@ def _iter_folder(folder: Path, cfg: CorpusConfig, stats: ReadStats) -> Iterator[
             stats.files += 1
         except BinaryFile:
             stats.binary_skipped.append(str(path))
+        except TRUNCATED as e:
+            raise damaged(path, e) from None
 
 
 def _folder_files(folder: Path, cfg: CorpusConfig) -> list[Path]:
@@ -162,9 +167,7 @@ def _open_binary(path: Path) -> IO[bytes]:
     if name.endswith(".xz"):
         return lzma.open(path, "rb")
     if name.endswith(".zst"):
-        import zstandard
-
-        return zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
+        return CheckedZstd(path)
     return path.open("rb")
 
 
@@ -172,9 +175,9 @@ def _open_text(path: Path) -> IO[str]:
     raw = io.BufferedReader(_open_binary(path), buffer_size=1 << 16)
     try:
         head = raw.peek(SNIFF_BYTES)[:SNIFF_BYTES]
-    except (OSError, EOFError, lzma.LZMAError) as e:
+    except TRUNCATED as e:
         raw.close()
-        raise LmforgeError(f"{path}: cannot decompress ({e}): check that the file is complete") from None
+        raise damaged(path, e) from None
     if b"\0" in head:
         raw.close()
         raise BinaryFile(str(path))
@@ -222,9 +225,12 @@ def _iter_jsonl(f: IO[str], path: Path, text_field: str) -> Iterator[str]:
 
 
 def _iter_csv(f: IO[str], path: Path, column: str, kind: str) -> Iterator[str]:
+    from lmforge.corpus.columns import TEXT_NAMES, is_header, text_column
+
     csv.field_size_limit(2**31 - 1)
-    # Real TSVs contain bare quotes (e.g. 12" records); quoting would glue lines together.
-    reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv" else csv.reader(f))
+    # Real TSVs contain bare quotes (e.g. 12" records): quoting would glue lines together. A CSV is read
+    # strictly: an unterminated quote is an error, not one field holding the rest of the file.
+    reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if kind == "tsv" else csv.reader(f, strict=True)
     first_line = 1
     if column.isdigit():
         index = int(column)
@@ -233,10 +239,17 @@ def _iter_csv(f: IO[str], path: Path, column: str, kind: str) -> Iterator[str]:
         if header is None:
             return
         header = [h.strip() for h in header]
-        if column not in header:
-            raise LmforgeError(f"{path}:1: no column '{column}' (columns: {', '.join(header)}): "
-                               "pass --set corpus.text_column=NAME (a 0-based index if there is no header)")
-        index = header.index(column)
+        if column:
+            if column not in header:
+                raise LmforgeError(f"{path}:1: no column '{column}' (columns: {', '.join(header)}): pass --set "
+                                   "corpus.text_column=NAME (a 0-based index if there is no header)")
+            index = header.index(column)
+        elif is_header(header) and text_column(header) is not None:
+            index = text_column(header)
+        else:
+            raise LmforgeError(f"{path}:1: no text column among {', '.join(map(repr, header))} (known names: "
+                               f"{', '.join(TEXT_NAMES)}): name it with --set corpus.text_column=NAME, or give "
+                               "its 0-based index when the file has no header")
         first_line = 2
     try:
         for row in reader:

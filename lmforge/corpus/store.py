@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import lzma
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -50,17 +51,70 @@ def read_file(path: Path) -> Iterator[str]:
         for batch in pq.ParquetFile(path).iter_batches(columns=["text"]):
             yield from batch.column(0).to_pylist()
         return
-    with open_jsonl(path) as f:
-        for lineno, line in enumerate(f, 1):
-            yield parse_record(line, path, lineno)
+    try:
+        with open_jsonl(path) as f:
+            for lineno, line in enumerate(f, 1):
+                yield parse_record(line, path, lineno)
+    except TRUNCATED as e:
+        raise damaged(path, e) from None
+
+
+class DamagedStream(Exception):
+    """Compressed data that is corrupt or ends inside a frame."""
+
+
+class CheckedZstd(io.RawIOBase):
+    """The decompressed bytes of a .zst file, frame after frame. Unlike zstandard's stream reader, a
+    file cut short inside a frame raises DamagedStream instead of ending quietly (a partly copied shard
+    would otherwise read as a shorter corpus)."""
+
+    def __init__(self, path: Path) -> None:
+        import zstandard
+
+        self._new, self._error = zstandard.ZstdDecompressor().decompressobj, zstandard.ZstdError
+        self._f, self._d, self._buf, self._pending, self._in_frame = path.open("rb"), self._new(), b"", b"", False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            data, self._pending = self._pending or self._f.read(1 << 16), b""
+            if not data:
+                if self._in_frame:
+                    raise DamagedStream("the compressed data ends inside a frame")
+                return 0
+            if self._d.eof:  # another frame follows
+                self._d = self._new()
+            try:
+                self._buf = self._d.decompress(data)
+            except self._error as e:
+                raise DamagedStream(str(e)) from None
+            self._in_frame = not self._d.eof
+            if self._d.eof:
+                self._pending = self._d.unused_data
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+TRUNCATED = (DamagedStream, EOFError, gzip.BadGzipFile, lzma.LZMAError)
+"""What reading a damaged or cut-short compressed file raises."""
+
+
+def damaged(path: Path | str, e: BaseException) -> LmforgeError:
+    return LmforgeError(f"{path}: cannot decompress ({str(e) or type(e).__name__}): the file is damaged or "
+                        "cut short (a partial copy?); copy it again")
 
 
 def open_jsonl(path: Path) -> io.BufferedIOBase:
     """The decompressed bytes of a jsonl.zst / jsonl.gz corpus file, one record per line."""
     if path.name.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(path.open("rb")), 1 << 20)
+        return io.BufferedReader(CheckedZstd(path), 1 << 20)
     return gzip.open(path, "rb")
 
 

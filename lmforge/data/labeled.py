@@ -30,13 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge.corpus.columns import KNOWN, LABEL_NAMES, PAIR_NAMES, TEXT_NAMES, is_header
 from lmforge.errors import LmforgeError
 
-TEXT_NAMES = ("sentence", "text", "text_a", "sentence1", "premise", "question", "content", "review",
-              "document")
-PAIR_NAMES = ("text_b", "sentence2", "hypothesis")
-LABEL_NAMES = ("label", "labels", "class", "category", "sentiment", "target", "y", "gold_label")
-_KNOWN = {*TEXT_NAMES, *PAIR_NAMES, *LABEL_NAMES, "qid", "id", "idx", "index"}
 FORMATS = (".tsv", ".csv", ".jsonl")
 
 
@@ -73,19 +69,26 @@ def _read_rows(path: Path, header: str) -> tuple[list[str], list[tuple[int, dict
         raise LmforgeError(f"{path}: unknown format {path.suffix!r}: give a .tsv, .csv or .jsonl file")
     if not path.is_file():
         raise LmforgeError(f"{path} not found")
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    raw = path.read_bytes()
+    if b"\0" in raw[:8192]:
+        raise LmforgeError(f"{path}: binary file (NUL bytes): give a text .tsv, .csv or .jsonl file")
+    text = raw.decode("utf-8-sig", errors="replace")
     if path.suffix == ".jsonl":
         return _read_jsonl(path, text)
     if path.suffix == ".tsv":
         records = [(i + 1, line.rstrip("\r").split("\t")) for i, line in enumerate(text.split("\n"))]
-    else:
-        reader = csv.reader(text.splitlines(keepends=True))
-        records = [(reader.line_num, row) for row in reader]
+    else:  # strict: an unterminated quote is an error, not one field holding the rest of the file
+        reader = csv.reader(text.splitlines(keepends=True), strict=True)
+        try:
+            records = [(reader.line_num, row) for row in reader]
+        except csv.Error as e:
+            raise LmforgeError(f"{path}:{reader.line_num}: malformed CSV ({e}): close the quote that opens "
+                               "on or before this line, or fix the row") from None
     records = [(n, r) for n, r in records if any(c.strip() for c in r)]
     if not records:
         raise LmforgeError(f"{path} is empty")
     first = records[0][1]
-    has_header = header == "yes" or (header == "auto" and any(c.strip().lower() in _KNOWN for c in first))
+    has_header = header == "yes" or (header == "auto" and is_header(first))
     names = [c.strip() for c in first] if has_header else [str(i) for i in range(len(first))]
     rows = []
     for n, r in records[1:] if has_header else records:
@@ -141,13 +144,19 @@ def _guess_headerless(names: list[str], rows: list[tuple[int, dict[str, str]]]) 
     return ordered[-1], ordered[0] if len(names) > 1 else None
 
 
+def _looks_like_header(rows: list[tuple[int, dict[str, str]]], label_col: str) -> bool:
+    """A first row whose label occurs nowhere else while the other labels repeat (a few classes)."""
+    rest = {r[label_col].strip() for _, r in rows[1:]}
+    return len(rows) >= 3 and len(rest) <= max(2, (len(rows) - 1) // 2) and rows[0][1][label_col].strip() not in rest
+
+
 def read_labeled(path: str | Path, text_column: str = "", label_column: str = "", pair_column: str = "",
                  header: str = "auto", need_labels: bool = True) -> LabeledData:
     """Read a labeled (or, with need_labels=False, maybe unlabeled) TSV/CSV/JSONL file."""
     path = Path(path)
     names, rows = _read_rows(path, header)
     guessed = []
-    if names and names[0] == "0" and not (set(names) & _KNOWN):  # no header
+    if names and names[0] == "0" and not (set(names) & KNOWN):  # no header
         guess_text, guess_label = _guess_headerless(names, rows)
         text_col = text_column or guess_text
         label_col = label_column or (guess_label if need_labels else "")
@@ -157,6 +166,10 @@ def read_labeled(path: str | Path, text_column: str = "", label_column: str = ""
                 raise LmforgeError(f"{path}: no column {col!r} (set by finetune.{role}_column); the file has "
                                    f"no header, its columns are {', '.join(map(repr, names))}")
         pair_col = pair_column or None
+        if header == "auto" and label_col and _looks_like_header(rows, label_col):
+            raise LmforgeError(f"{path}:{rows[0][0]}: the first line ({' | '.join(rows[0][1].values())}) looks like "
+                               "a header, but names no known column: pass --header yes and name the columns "
+                               "(--text_column, --label_column), or --header no if it is an example")
     else:
         text_col, g1 = _pick(path, names, text_column, TEXT_NAMES, "text", True)
         pair_col, g2 = _pick(path, names, pair_column, PAIR_NAMES, "text_pair", False)

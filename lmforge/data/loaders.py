@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from lmforge.config import check_ranges
 from lmforge.errors import LmforgeError
 
 
@@ -31,6 +32,9 @@ class DataConfig:
     """Tokens per training sequence; 0 means the model's context_len."""
     train_split: str = "train"
     val_split: str = "val"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "data", non_negative="seq_len")
 
 
 

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lmforge.config import check
+from lmforge.config import check, check_ranges
 from lmforge.errors import LmforgeError
 
 
@@ -47,6 +47,7 @@ class MaskingConfig:
 
     def __post_init__(self) -> None:
         check(0.0 < self.mask_prob < 1.0, "mlm.mask_prob", "must be in (0, 1)")
+        check_ranges(self, "mlm", non_negative="mask_token_prob random_token_prob")
         check(self.mask_token_prob + self.random_token_prob <= 1.0, "mlm.random_token_prob",
                "mask_token_prob + random_token_prob must be <= 1")
 

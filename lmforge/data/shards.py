@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.config import dumps_toml
+from lmforge.config import check_ranges, dumps_toml
 from lmforge.errors import LmforgeError
 
 
@@ -40,6 +40,9 @@ class ShardConfig:
     """Encoding processes; 0 means one per core."""
     batch_docs: int = 1024
     """Documents handed to a worker at a time."""
+
+    def __post_init__(self) -> None:
+        check_ranges(self, "shards", positive="shard_tokens batch_docs", non_negative="num_workers")
 
 
 MAGIC = b"LMFSHARD"
@@ -169,7 +172,7 @@ def _batches(corpus_dir: Path, split: str, batch_docs: int) -> Iterator[tuple]:
     """Jobs of `batch_docs` documents in corpus order: raw lines of jsonl files, texts of parquet ones."""
     from itertools import islice
 
-    from lmforge.corpus.store import open_jsonl, read_file, split_files
+    from lmforge.corpus.store import TRUNCATED, damaged, open_jsonl, read_file, split_files
 
     for path in split_files(corpus_dir, split):
         if path.name.endswith(".parquet"):
@@ -177,11 +180,14 @@ def _batches(corpus_dir: Path, split: str, batch_docs: int) -> Iterator[tuple]:
             while batch := list(islice(texts, batch_docs)):
                 yield None, 0, batch
             continue
-        with open_jsonl(path) as f:
-            lineno = 1
-            while lines := list(islice(f, batch_docs)):  # lines split at C speed, left unparsed
-                yield str(path), lineno, b"".join(lines)
-                lineno += len(lines)
+        try:
+            with open_jsonl(path) as f:
+                lineno = 1
+                while lines := list(islice(f, batch_docs)):  # lines split at C speed, left unparsed
+                    yield str(path), lineno, b"".join(lines)
+                    lineno += len(lines)
+        except TRUNCATED as e:
+            raise damaged(path, e) from None
 
 
 def _ordered_map(pool, batches: Iterator[tuple], depth: int) -> Iterator[tuple]:

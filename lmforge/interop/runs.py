@@ -29,7 +29,8 @@ HF_PREFIX = "hf:"
 # Export
 
 
-def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwrite: bool = False) -> Path:
+def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwrite: bool = False,
+              skip_damaged: bool = False) -> Path:
     """Write run `run` (a folder or `hf:...`) as a transformers folder `out`; returns `out`."""
     from safetensors.torch import save_file
 
@@ -39,10 +40,10 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
     run_dir, out = resolve_run(run), Path(out)
     run_cfg = read_config(run_dir)
     if get_task(run_cfg.task).head:
-        return _export_classifier(run_dir, out, checkpoint, overwrite)
+        return _export_classifier(run_dir, out, checkpoint, overwrite, skip_damaged)
     cfg = run_cfg.model
     family = hf.family_for(cfg)  # refuse before loading any weights
-    loaded = load_run(run_dir, checkpoint)
+    loaded = load_run(run_dir, checkpoint, skip_damaged=skip_damaged)
     tok = loaded.tokenizer
     state = loaded.model.state_dict()
     _check_covered(state, cfg, family)
@@ -60,7 +61,7 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
     return out
 
 
-def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: bool) -> Path:
+def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: bool, skip_damaged: bool) -> Path:
     """A `lmforge finetune` run -> *ForSequenceClassification with id2label/label2id."""
     from safetensors.torch import save_file
 
@@ -68,7 +69,7 @@ def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: boo
     from lmforge.tasks import load_run
     from lmforge.tasks.classify import labels_of
 
-    clf = load_run(run_dir, checkpoint)
+    clf = load_run(run_dir, checkpoint, skip_damaged=skip_damaged)
     cfg, tok, model, labels = clf.config.model, clf.tokenizer, clf.model, labels_of(clf)
     family = hf.family_for(cfg)
     if model.pooling != family.pooling:

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.config import check
+from lmforge.config import check, check_ranges
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ class BertConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
+        check_ranges(self, "model", positive="context_len n_layer n_head d_model norm_eps init_std",
+                     non_negative="vocab_size d_ff type_vocab_size position_offset", fraction="dropout attn_dropout")
         check(self.d_model % self.n_head == 0, "model.d_model", f"must be divisible by model.n_head={self.n_head}")
 
     def ff_width(self) -> int:

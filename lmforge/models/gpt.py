@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmforge.config import check
+from lmforge.config import check, check_ranges
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,8 @@ class GPTConfig:
     """Std of the normal init; residual projections get init_std / sqrt(2 * n_layer)."""
 
     def __post_init__(self) -> None:
+        check_ranges(self, "model", positive="context_len n_layer n_head d_model rope_theta norm_eps init_std",
+                     non_negative="vocab_size n_kv_head d_ff", fraction="dropout")
         check(self.d_model % self.n_head == 0, "model.d_model", f"must be divisible by model.n_head={self.n_head}")
         check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.pos",
               "rope needs an even head size (d_model / n_head)")

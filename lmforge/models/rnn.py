@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from lmforge.config import check
+from lmforge.config import check, check_ranges
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class RNNConfig:
     init_range: float = 0.1
 
     def __post_init__(self) -> None:
+        check_ranges(self, "model", positive="context_len n_layer d_embed d_hidden init_range",
+                     non_negative="vocab_size", fraction="dropout")
         check(not self.tie_embeddings or self.d_embed == self.d_hidden, "model.tie_embeddings",
                "needs model.d_embed == model.d_hidden")
 

@@ -80,11 +80,13 @@ def read_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
     return config_from(apply_overrides(raw, overrides), str(Path(run_dir) / runs.CONFIG))
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu", skip_damaged: bool = False
+             ) -> LoadedRun:
     """A trained model with its tokenizer, config and task, from a run folder's checkpoint.
 
     `checkpoint`: best (lowest validation loss; the latest when none was evaluated), latest, step-N,
-    or a path. Resolve `hf:` references first (`interop.resolve_run`).
+    or a path; `skip_damaged` passes over checkpoints that fail their checksums. Resolve `hf:`
+    references first (`interop.resolve_run`).
     """
     from lmforge.checkpoint import find_checkpoint, load_weights, read_meta
     from lmforge.runtime import resolve_device
@@ -93,7 +95,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu")
     cfg = read_config(run_dir)
     task = get_task(cfg.task)
     files = {name: runs.read_json(run_dir, name) for name in task.files}
-    ckpt = find_checkpoint(run_dir, checkpoint)
+    ckpt = find_checkpoint(run_dir, checkpoint, skip_damaged)
     model = task.build_model(cfg, files).to(resolve_device(device))
     load_weights(ckpt, model, next(model.parameters()).device)
     model.eval()

@@ -26,6 +26,7 @@ from lmforge.runtime import Runtime
 from lmforge.tasks.finetuning import (
     FinetuneConfig,
     FinetuneRunConfig,
+    absolute_paths,
     check_files,
     early_stopping,
     max_length_of,
@@ -117,6 +118,7 @@ def prepare(cfg: ClassifyConfig, runtime: Runtime, run_dir: Path, resume: bool, 
     from lmforge.evaluate import evaluate_classifier
     from lmforge.objectives import classification_loss
 
+    cfg = absolute_paths(cfg) if not resume else cfg
     ft = cfg.finetune
     check_files(ft)
     tok = runs.load_tokenizer(run_dir if resume else source.run)
@@ -224,7 +226,11 @@ def read_inputs(run: LoadedRun, path: Path, text_column: str = "", pair_column: 
     if path.suffix == ".txt":
         if not path.is_file():
             raise LmforgeError(f"{path} not found")
-        return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()], None, ""
+        raw = path.read_bytes()
+        if b"\0" in raw[:8192]:
+            raise LmforgeError(f"{path}: binary file (NUL bytes): give texts, one per line, or a .tsv/.csv/.jsonl")
+        text = raw.decode("utf-8", errors="replace")
+        return [ln.strip() for ln in text.splitlines() if ln.strip()], None, ""
     ft = run.config.finetune
     data = read_labeled(path, text_column or ft.text_column, "", pair_column or ft.text_pair_column, ft.header,
                         need_labels=False)

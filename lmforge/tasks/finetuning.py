@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from torch import nn
 
-from lmforge.config import check
+from lmforge.config import check, check_ranges
 from lmforge.errors import LmforgeError
 from lmforge.optim import OptimConfig, ScheduleConfig
 from lmforge.runs import RunConfig
@@ -93,6 +93,8 @@ class FinetuneConfig:
         check(self.eval_steps >= 0, "finetune.eval_steps", "must be >= 0 (0: once per epoch)")
         check(self.early_stopping_patience >= 0, "finetune.early_stopping_patience", "must be >= 0")
         check(0.0 < self.layerwise_lr_decay <= 1.0, "finetune.layerwise_lr_decay", "must be in (0, 1]")
+        check_ranges(self, "finetune", positive="logging_steps",
+                     non_negative="max_grad_norm weight_decay save_total_limit")
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,15 @@ def max_length_of(cfg: FinetuneRunConfig) -> int:
         raise LmforgeError(f"finetune.max_length={asked} exceeds the model's context_len={limit}: lower it "
                            f"(or 0 for {limit})")
     return asked or limit
+
+
+def absolute_paths(cfg: FinetuneRunConfig) -> FinetuneRunConfig:
+    """The [finetune] paths made absolute for a new run's config.toml: a resume from another working
+    folder still finds them."""
+    ft = cfg.finetune
+    paths = {k: str(Path(getattr(ft, k)).resolve()) for k in ("from_run", "train_file", "dev_file", "test_file",
+                                                            "logging_dir") if getattr(ft, k)}
+    return dataclasses.replace(cfg, finetune=dataclasses.replace(ft, **paths))
 
 
 def check_files(ft: FinetuneConfig) -> None:

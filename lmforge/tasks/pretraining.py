@@ -7,6 +7,7 @@ pipeline and `lmforge eval` need, the same way for causal LM, masked LM and trun
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,10 +46,21 @@ def _tokenizer(cfg, run_dir: Path, resume: bool, source: Source | None):
         return runs.load_tokenizer(run_dir)
     if source is not None:
         return runs.checkpoint_tokenizer(source.run, source.checkpoint)
-    if not cfg.data.path:
-        raise LmforgeError("config key 'data.path' is empty: pass --data SHARDS (a `lmforge shards build` "
-                           "folder)")
+    check_shards_folder(cfg)
     return load_tokenizer(Path(cfg.data.path) / "tokenizer")
+
+
+def check_shards_folder(cfg) -> None:
+    """data.path must be a shards folder: say what it is instead when it is not."""
+    folder = Path(cfg.data.path)
+    if not cfg.data.path:
+        raise LmforgeError("config key 'data.path' is empty: pass --data SHARDS (a `lmforge shards build` folder)")
+    if not folder.exists():
+        raise LmforgeError(f"config key 'data.path' = {str(folder)!r} does not exist (the shards moved, or the run "
+                           "was started elsewhere): pass --data SHARDS, or --set data.path=SHARDS when resuming")
+    if not (folder / "manifest.json").is_file() and any(folder.glob("train-*.jsonl.*")):
+        raise LmforgeError(f"{folder} is a corpus folder, not shards: encode it with `lmforge shards build --corpus "
+                           f"{folder} --tokenizer TOK --out SHARDS` and pass --data SHARDS")
 
 
 def open_splits(cfg, tok, source: Source | None):
@@ -56,9 +68,7 @@ def open_splits(cfg, tok, source: Source | None):
     from lmforge.data.shards import TokenShards
     from lmforge.tokenizer import load_tokenizer
 
-    if not cfg.data.path:
-        raise LmforgeError("config key 'data.path' is empty: pass --data SHARDS (a `lmforge shards build` "
-                           "folder)")
+    check_shards_folder(cfg)
     shards_tok = Path(cfg.data.path) / "tokenizer"
     if source is not None and shards_tok.is_dir() and load_tokenizer(shards_tok).fingerprint != tok.fingerprint:
         raise LmforgeError(f"shards in {cfg.data.path} were built with tokenizer "
@@ -79,6 +89,8 @@ def prepare(parts: Parts, cfg, runtime: Runtime, run_dir: Path, resume: bool, so
     """TaskData of a pretraining task from its `parts`."""
     tok = _tokenizer(cfg, run_dir, resume, source)
     cfg = cfg.with_vocab(tok.vocab_size)
+    if cfg.data.path and not resume:  # recorded absolute: a resume from another folder still finds it
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(Path(cfg.data.path).resolve())))
     train_src, val_src = open_splits(cfg, tok, source)
     p = parts(cfg, tok, train_src, val_src, runtime)
     evaluate = None
