@@ -27,6 +27,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -210,6 +211,7 @@ def main() -> None:
                          "steady": steady(res, a.skip, a.batch), "wall": wall})
             print(f"{side:8s} seed {seed}: dev accuracy {res['accuracy']:.4f}, steady {rows[-1]['steady']:6.1f} "
                   f"ex/s, whole process {wall:6.1f} s", flush=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     for side in a.sides:
         acc = [r["accuracy"] for r in rows if r["side"] == side]
         spread = statistics.stdev(acc) if len(acc) > 1 else 0.0
