@@ -124,3 +124,53 @@ def format_confusion(metrics: dict) -> str:
     rows = [lab.ljust(width) + "".join(str(v).rjust(width) for v in row)
             for lab, row in zip(labels, metrics["confusion"])]
     return "\n".join([head, *rows])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Generated text: BLEU and chrF (sacrebleu), ROUGE (rouge-score); the seq2seq extra installs both
+
+
+def is_chinese(texts: list[str]) -> bool:
+    """Whether most of the non-space characters of `texts` are CJK ideographs (picks zh tokenization)."""
+    chars = [c for t in texts[:2000] for c in t if not c.isspace()]
+    cjk = sum("\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff" for c in chars)
+    return bool(chars) and cjk / len(chars) > 0.3
+
+
+class _Characters:
+    """rouge-score tokenizer for Chinese: every non-space character is a token (its default keeps only
+    a-z and 0-9, so Chinese text would score 0)."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return [c for c in text if not c.isspace()]
+
+
+def text_metrics(hypotheses: list[str], references: list[str], bleu_tokenize: str = "auto",
+                 rouge_tokenize: str = "auto") -> dict:
+    """Corpus BLEU and chrF with sacrebleu, mean ROUGE-1/2/L F1 with rouge-score (all x 100), with the
+    signature of each. `auto`: zh / characters when the references are Chinese, else 13a / words (with
+    rouge-score's Porter stemmer)."""
+    import importlib.metadata
+
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if len(hypotheses) != len(references) or not references:
+        raise LmforgeError(f"{len(hypotheses)} outputs for {len(references)} references")
+    chinese = is_chinese(references)
+    tokenize = bleu_tokenize if bleu_tokenize != "auto" else ("zh" if chinese else "13a")
+    bleu, chrf = sacrebleu.metrics.BLEU(tokenize=tokenize), sacrebleu.metrics.CHRF()
+    bleu_score, chrf_score = bleu.corpus_score(hypotheses, [references]), chrf.corpus_score(hypotheses, [references])
+    chars = rouge_tokenize == "chars" or (rouge_tokenize == "auto" and chinese)
+    types = ["rouge1", "rouge2", "rougeL"]
+    scorer = rouge_scorer.RougeScorer(types, use_stemmer=not chars, tokenizer=_Characters() if chars else None)
+    sums = dict.fromkeys(types, 0.0)
+    for hyp, ref in zip(hypotheses, references):
+        for name, score in scorer.score(ref, hyp).items():
+            sums[name] += score.fmeasure
+    version = importlib.metadata.version("rouge-score")
+    return {"bleu": bleu_score.score, "chrf": chrf_score.score,
+            **{name: 100.0 * total / len(references) for name, total in sums.items()},
+            "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
+            "rouge_signature": f"rouge-score {version}|tokenize:{'chars' if chars else 'words'}|"
+                               f"stemmer:{'no' if chars else 'porter'}|F1 mean x 100"}

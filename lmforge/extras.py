@@ -13,7 +13,8 @@ import importlib.util
 from lmforge.errors import LmforgeError
 
 EXTRA_OF = {"matplotlib": "plot", "tensorboard": "tensorboard", "transformers": "hf", "datasets": "hf",
-            "huggingface_hub": "hf", "pyarrow": "parquet", "datasketch": "dedup"}
+            "huggingface_hub": "hf", "pyarrow": "parquet", "datasketch": "dedup",
+            "sacrebleu": "seq2seq", "rouge_score": "seq2seq"}
 """Optional top-level package -> the lmforge extra that installs it."""
 
 

@@ -124,3 +124,14 @@ def classification_loss(model: nn.Module, batch: dict[str, torch.Tensor],
     selected = labels != IGNORE
     correct = ((logits.detach().argmax(dim=-1) == labels) & selected).sum()
     return loss_sum, selected.sum(), {"correct": correct, "logits": logits.detach()}
+
+
+def seq2seq_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Teacher-forced cross-entropy of an encoder-decoder, summed over the target tokens (padding is
+    IGNORE); extras count the correct next-token predictions."""
+    logits = model(batch["input_ids"], batch["decoder_ids"], attention_mask=batch.get("attention_mask"))  # (B, T, V)
+    labels = batch["labels"]  # (B, T)
+    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    selected = labels != IGNORE
+    correct = ((logits.detach().argmax(dim=-1) == labels) & selected).sum()
+    return loss_sum, selected.sum(), {"correct": correct}

@@ -124,7 +124,7 @@ def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source:
 
 def _source_config(run: Path, role: str) -> Any:
     cfg = read_config(run)
-    if get_task(cfg.task).head:
+    if get_task(cfg.task).finetunes:
         hint = f" (e.g. its finetune.from_run {cfg.finetune.from_run})" if cfg.finetune.from_run else ""
         raise LmforgeError(f"{run} is already a fine-tuned {cfg.model.kind} {cfg.task} run: {role} takes a "
                            f"pretrained run{hint}")
@@ -160,7 +160,7 @@ def pretrain(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool = 
     optimizer) from that run's best weights and tokenizer; `cfg.model` must be its model (`init_config`)."""
     if resume and init_from is not None:
         raise LmforgeError("--init-from starts a new run: drop it when resuming (the weights are in RUN)")
-    if get_task(cfg.task).head:
+    if get_task(cfg.task).finetunes:
         raise LmforgeError(f"{out} is a fine-tuned {cfg.task} run: continue it with `lmforge finetune --resume "
                            f"{out}`")
     source = None

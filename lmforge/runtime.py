@@ -263,13 +263,14 @@ def _sum_hook(state, bucket):  # no annotations: DDP checks them, and these woul
 
 
 def _fully_shard(model: nn.Module, amp_dtype: torch.dtype | None) -> None:
-    """FSDP2: one shard group per transformer block (every `blocks` list), then the root."""
+    """FSDP2: one shard group per layer (each member of an `nn.ModuleList` of layers: a transformer's
+    `blocks`, T5's `encoder` and `decoder`), then the root."""
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=amp_dtype, reduce_dtype=torch.float32)
     for module in list(model.modules()):
-        if isinstance(getattr(module, "blocks", None), nn.ModuleList):
-            for block in module.blocks:
+        if isinstance(module, nn.ModuleList):
+            for block in module:
                 fully_shard(block, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
     for module in model.modules():

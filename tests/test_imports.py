@@ -21,7 +21,7 @@ LAYERS = [
     ("lmforge.objectives", "lmforge.optim", "lmforge.runtime", "lmforge.checkpoint", "lmforge.launch"),
     ("lmforge.train",),
     ("lmforge.runs",),
-    ("lmforge.evaluate", "lmforge.generate"),
+    ("lmforge.evaluate", "lmforge.generate", "lmforge.generate_seq2seq"),
     ("lmforge.tasks",),
     ("lmforge.pipeline",),
     ("lmforge.quickstart", "lmforge.plot", "lmforge.interop"),

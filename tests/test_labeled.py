@@ -80,9 +80,9 @@ def test_batches_are_pure_and_cover_each_epoch_once():
     labels = np.arange(10) % 2
     a = LabeledBatches(_enc(), labels, 4, seed=3, pad_id=0, token_types=False)
     b = LabeledBatches(_enc(), labels, 4, seed=3, pad_id=0, token_types=False)
-    first_epoch = np.concatenate([a.indices(s) for s in range(3)])[:10]
+    first_epoch = np.concatenate([a.order.indices(s) for s in range(3)])[:10]
     assert sorted(first_epoch) == list(range(10))
-    assert (a.indices(7) == b.indices(7)).all()  # no state: asked out of order, same answer
+    assert (a.order.indices(7) == b.order.indices(7)).all()  # no state: asked out of order, same answer
     halves = [a.get(2, m, 0, 1, 2)["input_ids"] for m in range(2)]
     whole = a.get(2)["input_ids"]
     assert whole.shape[0] == 4 and all(h.shape[0] == 2 for h in halves)
@@ -103,15 +103,15 @@ def test_group_by_length_batches_like_lengths_and_stays_a_permutation():
     labels = np.zeros(400, dtype=np.int64)
     plain = LabeledBatches(enc, labels, 8, seed=1, pad_id=0, token_types=False)
     grouped = LabeledBatches(enc, labels, 8, seed=1, pad_id=0, token_types=False, group_by_length=True)
-    epoch = [grouped.indices(s) for s in range(50)]
+    epoch = [grouped.order.indices(s) for s in range(50)]
     assert sorted(np.concatenate(epoch).tolist()) == list(range(400))  # every example once an epoch
 
     def padding(batches) -> int:
         return sum(int(b["attention_mask"].numel() - b["attention_mask"].sum()) for b in batches)
 
     assert padding(grouped.get(s) for s in range(50)) < padding(plain.get(s) for s in range(50)) / 3
-    assert np.array_equal(grouped.indices(7), LabeledBatches(enc, labels, 8, seed=1, pad_id=0, token_types=False,
-                                                             group_by_length=True).indices(7))  # pure in the step
+    assert np.array_equal(grouped.order.indices(7), LabeledBatches(enc, labels, 8, seed=1, pad_id=0, token_types=False,
+                                                             group_by_length=True).order.indices(7))  # pure in the step
 
 
 def test_an_unrecognised_header_is_refused_not_read_as_an_example(tmp_path):

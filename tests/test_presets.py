@@ -41,3 +41,14 @@ def test_gpt2_small_has_124m_parameters():
         model = build_model(cfg.model)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6) == 124
     assert cfg.train.batch_size * cfg.seq_len() == 491_520
+
+
+def test_t5_small_has_the_published_60m_parameters():
+    import torch
+
+    from lmforge.models import build_model
+
+    cfg = load_config("t5-small", ["model.vocab_size=32128"])
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e5) == 605  # google-t5/t5-small: 60.5M

@@ -37,17 +37,106 @@ def _load_for(args: argparse.Namespace, inference: str, command: str):
     return run
 
 
+_SEQ2SEQ_FLAGS = ("input", "input_file", "output", "num_beams", "length_penalty", "no_repeat_ngram_size",
+                  "early_stopping", "do_sample")
+_CAUSAL_FLAGS = ("prompt", "repetition_penalty", "greedy", "stop")
+
+
+def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    return ["--" + n.replace("_", "-") for n in names if getattr(args, n) not in (None, False, [])]
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from lmforge.generate import generate
 
     run = _load_for(args, "generate", "generate")
-    print(args.prompt, end="", flush=True)
-    generate(run.model, run.tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-             repetition_penalty=args.repetition_penalty, greedy=args.greedy, seed=args.seed, stop=args.stop,
-             stream=lambda piece: print(piece, end="", flush=True))
+    if run.model.decoding == "encoder_decoder":
+        return _generate_seq2seq(args, run)
+    wrong = _given(args, _SEQ2SEQ_FLAGS)
+    if wrong:
+        raise LmforgeError(f"{', '.join(wrong)}: for encoder-decoder (t5) runs; {args.run} is a "
+                           f"{run.config.model.kind} run: continue a --prompt")
+    print(args.prompt or "", end="", flush=True)
+    generate(run.model, run.tokenizer, args.prompt or "", max_new_tokens=_or(args.max_new_tokens, 100),
+             temperature=_or(args.temperature, 1.0), top_k=_or(args.top_k, 0), top_p=_or(args.top_p, 1.0),
+             repetition_penalty=_or(args.repetition_penalty, 1.0), greedy=args.greedy, seed=args.seed,
+             stop=args.stop, stream=lambda piece: print(piece, end="", flush=True))
     print(flush=True)
     return 0
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
+def _generate_seq2seq(args: argparse.Namespace, run) -> int:
+    """Sources from --input (repeatable) or --input-file, decoded as the run decodes unless flags say otherwise."""
+    import dataclasses
+    from pathlib import Path
+
+    from lmforge.atomic import write_text
+    from lmforge.generate_seq2seq import Decoding, translate
+    from lmforge.tasks.finetuning import max_length_of
+
+    wrong = _given(args, _CAUSAL_FLAGS)
+    if wrong:
+        raise LmforgeError(f"{', '.join(wrong)}: for gpt and rnn runs; {args.run} is an encoder-decoder: give "
+                           "the source with --input TEXT or --input-file FILE (--do-sample to sample)")
+    if not args.do_sample and _given(args, ("temperature", "top_k", "top_p", "seed")):
+        raise LmforgeError(f"{', '.join(_given(args, ('temperature', 'top_k', 'top_p', 'seed')))} "
+                           "shape sampling: add --do-sample (beam search and greedy ignore them)")
+    if bool(args.input) == bool(args.input_file):
+        raise LmforgeError('generate with an encoder-decoder needs --input "TEXT" (repeatable) or --input-file '
+                           "FILE, one of the two")
+    seq2seq = run.task.name == "seq2seq"
+    ft = run.config.finetune if seq2seq else None
+    base = ft.decoding() if seq2seq else Decoding(max_new_tokens=100, num_beams=1)
+    given = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
+                                           "temperature", "top_k", "top_p", "seed") if getattr(args, k) is not None}
+    given.update({k: True for k in ("early_stopping", "do_sample") if getattr(args, k)})
+    if args.do_sample and "num_beams" not in given:
+        given["num_beams"] = 1
+    decoding = dataclasses.replace(base, **given)
+    described = ""
+    if args.input_file:
+        texts, described = _read_sources(run, Path(args.input_file))
+    else:
+        texts = list(args.input)
+    prefix = ft.source_prefix if seq2seq else ""
+    max_length = max_length_of(run.config) if seq2seq else run.config.model.context_len
+    outputs = translate(run.model, run.tokenizer, texts, decoding, prefix, max_length, args.batch_size,
+                        progress=bool(args.input_file) and not args.quiet)
+    how = f"beam search ({decoding.num_beams} beams)" if decoding.num_beams > 1 else \
+        "sampling" if decoding.do_sample else "greedy"
+    where = "this command" if "max_new_tokens" in given else ("the run's finetune settings" if seq2seq else "default")
+    print(f"lmforge: {described + '; ' if described else ''}{how}, max_new_tokens={decoding.max_new_tokens} ({where}):"
+          f" {sum(o.hit_limit for o in outputs)} of {len(outputs)} outputs reached it, "
+          f"{sum(o.source_truncated for o in outputs)} sources were truncated to {max_length} tokens", file=sys.stderr)
+    if args.input_file or args.output:
+        lines = [json.dumps({"source": t, "output": o.text, "tokens": o.tokens, "hit_limit": o.hit_limit},
+                            ensure_ascii=False) for t, o in zip(texts, outputs)]
+        if args.output:
+            write_text(args.output, "".join(ln + "\n" for ln in lines))
+            print(f"lmforge: wrote {len(lines)} outputs to {args.output}", file=sys.stderr)
+        else:
+            print("\n".join(lines))
+    else:
+        print("\n".join(o.text for o in outputs))
+    return 0
+
+
+def _read_sources(run, path) -> tuple[list[str], str]:
+    """Sources of a file: .txt (one per line), or the source column of a .tsv/.csv/.jsonl of pairs."""
+    from lmforge.data.pairs import read_pairs
+
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise LmforgeError(f"{path} not found")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+        return [ln for ln in lines if ln], ""
+    ft = run.config.finetune if run.task.name == "seq2seq" else None
+    pairs = read_pairs(path, ft.source_column if ft else "", "", ft.header if ft else "auto", need_targets=False)
+    return pairs.sources, pairs.describe()
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
@@ -90,18 +179,30 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="continue a prompt with a GPT or RNN run, streaming the text")
-    p.add_argument("run", help="run folder of a gpt or rnn run (or hf:DIR)")
-    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 means greedy")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: all)")
-    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty (1: none)")
-    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p = sub.add_parser("generate", help="continue a prompt (gpt, rnn), or decode sources (t5: translate, summarize)")
+    p.add_argument("run", help="run folder of a gpt, rnn or t5 run (or hf:DIR)")
+    p.add_argument("--prompt", help="gpt/rnn: text to continue (default: start a new document)")
+    p.add_argument("--input", action="append", metavar="TEXT", help="t5: a source to decode (repeatable)")
+    p.add_argument("--input-file", metavar="FILE",
+                   help="t5: sources, one per line (.txt) or the source column of a .tsv/.csv/.jsonl")
+    p.add_argument("--output", metavar="FILE", help="t5: write the outputs as JSON lines here")
+    p.add_argument("--max-new-tokens", type=int, help="most new tokens (gpt/rnn default 100; a seq2seq run's own "
+                                                      "setting, else 100)")
+    p.add_argument("--num-beams", type=int, help="t5: beam search with this many beams (1: greedy)")
+    p.add_argument("--length-penalty", type=float, help="t5: beam score = log p / length ** this")
+    p.add_argument("--no-repeat-ngram-size", type=int, help="t5: never repeat an n-gram of this size")
+    p.add_argument("--early-stopping", action="store_true", help="t5: end a beam search at num_beams hypotheses")
+    p.add_argument("--do-sample", action="store_true", help="t5: sample instead of searching")
+    p.add_argument("--temperature", type=float, help="default 1.0; gpt/rnn: 0 means greedy")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass (1: all)")
+    p.add_argument("--repetition-penalty", type=float, help="gpt/rnn: CTRL penalty (1: none)")
+    p.add_argument("--greedy", action="store_true", help="gpt/rnn: always take the most likely token")
     p.add_argument("--seed", type=int, help="makes sampling reproducible")
     p.add_argument("--stop", nargs="+", action="extend", default=[], metavar="STR",
-                   help="end at the first of these strings (not printed)")
+                   help="gpt/rnn: end at the first of these strings (not printed)")
+    p.add_argument("--batch-size", type=int, default=32, help="t5: sources decoded together")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_checkpoint(p)
     add_device(p)
     p.set_defaults(func=cmd_generate)

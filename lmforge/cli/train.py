@@ -83,8 +83,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from lmforge.pipeline import finetune, finetune_config
     from lmforge.tasks import get_task
 
-    if not get_task(args.task).head:
-        raise LmforgeError(f"--task {args.task}: it pretrains; finetune takes a task with a head (classify)")
+    if not get_task(args.task).finetunes:
+        from lmforge.tasks import TASKS
+
+        which = ", ".join(name for name, t in TASKS.items() if t.finetunes)
+        raise LmforgeError(f"--task {args.task}: it pretrains (`lmforge pretrain`); finetune takes {which}")
     overrides = list(args.overrides) + (["train.progress=false"] if args.quiet else [])
     flags = _flag_values(args)
     source = run_path(args.from_run) if args.from_run and not args.resume else None

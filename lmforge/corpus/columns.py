@@ -19,3 +19,8 @@ def text_column(header: list[str]) -> int | None:
     """The index of the text column of a header (the first known text name, in TEXT_NAMES order)."""
     lower = [h.strip().lower() for h in header]
     return next((lower.index(n) for n in TEXT_NAMES if n in lower), None)
+
+PAIR_COLUMNS = (("source", "target"), ("src", "tgt"), ("input", "output"), ("text", "summary"),
+                ("document", "summary"), ("article", "highlights"), ("en", "zh"), ("question", "answer"))
+"""(source, target) column names of sequence-to-sequence files, in the order they are guessed."""
+KNOWN_PAIRS = frozenset(name for pair in PAIR_COLUMNS for name in pair)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.corpus.columns import KNOWN, LABEL_NAMES, PAIR_NAMES, TEXT_NAMES, is_header
+from lmforge.corpus.columns import KNOWN, LABEL_NAMES, PAIR_NAMES, TEXT_NAMES
 from lmforge.errors import LmforgeError
 
 FORMATS = (".tsv", ".csv", ".jsonl")
@@ -63,8 +63,10 @@ class LabeledData:
         return f"{self.path}: {len(self)} examples, {cols}{guess}{empty}"
 
 
-def _read_rows(path: Path, header: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
-    """Column names and (line, row) pairs; JSON values are turned into strings."""
+def _read_rows(path: Path, header: str, known: frozenset[str] = KNOWN
+               ) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """Column names and (line, row) pairs; JSON values are turned into strings. With header "auto", a first
+    row naming any `known` column is the header."""
     if path.suffix not in FORMATS:
         raise LmforgeError(f"{path}: unknown format {path.suffix!r}: give a .tsv, .csv or .jsonl file")
     if not path.is_file():
@@ -88,7 +90,7 @@ def _read_rows(path: Path, header: str) -> tuple[list[str], list[tuple[int, dict
     if not records:
         raise LmforgeError(f"{path} is empty")
     first = records[0][1]
-    has_header = header == "yes" or (header == "auto" and is_header(first))
+    has_header = header == "yes" or (header == "auto" and any(c.strip().lower() in known for c in first))
     names = [c.strip() for c in first] if has_header else [str(i) for i in range(len(first))]
     rows = []
     for n, r in records[1:] if has_header else records:
@@ -308,31 +310,30 @@ def collate(enc: Encoded, index: np.ndarray, labels: np.ndarray | None, pad_id: 
     return batch
 
 
-class LabeledBatches:
-    """Training batches: a seeded permutation per epoch, sliced by step (see the module docstring)."""
+class EpochOrder:
+    """Which examples each step's (global) batch holds: a seeded permutation per epoch, sliced by step.
+
+    With `lengths` (group_by_length), each window of GROUP batches of the permutation is sorted longest
+    first, so a batch holds examples of like lengths and pads less. A pure function of (seed, step).
+    """
 
     GROUP = 50
-    """With group_by_length, examples are sorted by length within windows of this many batches."""
 
-    def __init__(self, enc: Encoded, labels: np.ndarray, batch_size: int, seed: int, pad_id: int,
-                 token_types: bool, group_by_length: bool = False) -> None:
-        self.enc, self.labels, self.batch_size, self.seed = enc, labels, batch_size, seed
-        self.pad_id, self.token_types, self.n = pad_id, token_types, len(labels)
-        self.lengths = np.array([len(x) for x in enc.ids]) if group_by_length else None
-        self._perm_epoch, self._perm = -1, None
+    def __init__(self, n: int, batch_size: int, seed: int, lengths: np.ndarray | None = None) -> None:
+        self.n, self.batch_size, self.seed, self.lengths = n, batch_size, seed, lengths
+        self._epoch, self._perm = -1, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:  # cached: consecutive steps share an epoch
+        if epoch != self._epoch:  # cached: consecutive steps share an epoch
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            if self.lengths is not None:  # longest first within each window: batches of like lengths pad less
+            if self.lengths is not None:
                 window = self.GROUP * self.batch_size
                 perm = np.concatenate([w[np.argsort(-self.lengths[w], kind="stable")]
                                        for w in np.split(perm, range(window, self.n, window))])
-            self._perm, self._perm_epoch = perm, epoch
+            self._perm, self._epoch = perm, epoch
         return self._perm
 
     def indices(self, step: int) -> np.ndarray:
-        """Examples of the whole (global) batch of `step`."""
         g = step * self.batch_size + np.arange(self.batch_size)
         out = np.empty(self.batch_size, dtype=np.int64)
         for epoch in np.unique(g // self.n):
@@ -340,13 +341,27 @@ class LabeledBatches:
             out[sel] = self._permutation(int(epoch))[g[sel] % self.n]
         return out
 
-    def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
-            micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+    def share(self, step: int, micro: int, rank: int, world: int, micro_batch: int | None) -> np.ndarray:
+        """The examples of one micro-batch of one process: micro-batch k = micro * world + rank of the step."""
         b = micro_batch or self.batch_size // world
         k = micro * world + rank
         if (k + 1) * b > self.batch_size:
             raise ValueError(f"micro-batch {micro} of rank {rank} lies outside a batch of {self.batch_size}")
-        return collate(self.enc, self.indices(step)[k * b:(k + 1) * b], self.labels, self.pad_id,
+        return self.indices(step)[k * b:(k + 1) * b]
+
+
+class LabeledBatches:
+    """Training batches of labeled examples (see the module docstring and EpochOrder)."""
+
+    def __init__(self, enc: Encoded, labels: np.ndarray, batch_size: int, seed: int, pad_id: int,
+                 token_types: bool, group_by_length: bool = False) -> None:
+        self.enc, self.labels, self.pad_id, self.token_types = enc, labels, pad_id, token_types
+        lengths = np.array([len(x) for x in enc.ids]) if group_by_length else None
+        self.order = EpochOrder(len(labels), batch_size, seed, lengths)
+
+    def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
+            micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+        return collate(self.enc, self.order.share(step, micro, rank, world, micro_batch), self.labels, self.pad_id,
                        self.token_types)
 
 

@@ -49,6 +49,8 @@ class Family:
     """Token strings its tokenizer classes use when a folder does not name them."""
     head_roots: tuple[str, ...] = ("lm_head.", "cls.")
     """HF name prefixes of the language-model head (absent from bare and classifier checkpoints)."""
+    layer_rows: Callable[[Any], list[Row]] | None = None
+    """The per-layer rows for a config, when `layer_keys` x n_layer does not say it (T5's two stacks)."""
 
 
 def toml(v: Any) -> str:

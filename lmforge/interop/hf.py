@@ -10,6 +10,7 @@ Each family (gpt2.py, llama.py, bert.py) is a declarative key map plus two confi
 | bert, post-norm                                             | BertForMaskedLM                            |
 | bert, position_offset = pad + 1, pair_style = roberta       | (XLM-)RobertaForMaskedLM                   |
 | bert, type_vocab_size = 0, pooler_activation = relu         | DistilBertForMaskedLM                      |
+| t5 (gated-GELU, v1.1 layout)                                | T5ForConditionalGeneration                 |
 
 Fine-tuned classifiers map to the same families' *ForSequenceClassification, both ways: the backbone's
 rows under `backbone.` (no LM head) plus the classification head, id2label <-> label_map.json.
@@ -33,9 +34,11 @@ from lmforge.interop.bert import BERT, DISTILBERT, ROBERTA, XLM_ROBERTA
 from lmforge.interop.family import Family, Row, SpecialIds, toml
 from lmforge.interop.gpt2 import FAMILY as GPT2
 from lmforge.interop.llama import LLAMA, QWEN2
+from lmforge.interop.t5 import FAMILY as T5
 from lmforge.models import BertConfig, GPTConfig
 
-FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, QWEN2, BERT, ROBERTA, XLM_ROBERTA, DISTILBERT)}
+FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, QWEN2, BERT, ROBERTA, XLM_ROBERTA, DISTILBERT,
+                                                         T5)}
 
 __all__ = ["FAMILIES", "Family", "Row", "SpecialIds", "family_for", "key_map", "to_hf_state", "from_hf_state"]
 
@@ -43,7 +46,8 @@ __all__ = ["FAMILIES", "Family", "Row", "SpecialIds", "family_for", "key_map", "
 # decoder biases that RoBERTa and BERT also keep under a second name).
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "embeddings.position_ids",
                     "embeddings.token_type_ids", "cls.seq_relationship.weight", "cls.seq_relationship.bias",
-                    "cls.predictions.decoder.bias", "lm_head.decoder.bias")
+                    "cls.predictions.decoder.bias", "lm_head.decoder.bias", "encoder.embed_tokens.weight",
+                    "decoder.embed_tokens.weight")
 # Tensors an HF save may leave out; lmforge keeps its fresh initialisation for them.
 OPTIONAL_ON_IMPORT = ("pooler.weight", "pooler.bias")
 
@@ -67,8 +71,10 @@ def family_for(cfg: GPTConfig | BertConfig) -> Family:
             raise LmforgeError(f"model.position_offset = {cfg.position_offset} has no Hugging Face equivalent "
                                "for BERT: export is not possible")
         return BERT
+    if cfg.kind == "t5":
+        return T5
     if cfg.kind != "gpt":
-        raise LmforgeError(f"model.kind = {cfg.kind!r} has no Hugging Face export: only gpt and bert runs "
+        raise LmforgeError(f"model.kind = {cfg.kind!r} has no Hugging Face export: only gpt, bert and t5 runs "
                            "can be exported")
     if cfg.pos == "learned":
         family, need = "GPT-2", {"norm": "layernorm", "mlp": "gelu", "bias": True, "n_kv_head": 0}
@@ -101,6 +107,8 @@ def _active(when: str, cfg: GPTConfig | BertConfig) -> bool:
 def key_map(family: Family, cfg: GPTConfig | BertConfig) -> list[Row]:
     """The rows of `family` that exist for `cfg`, with layer indices filled in."""
     rows = [r for r in family.keys if _active(r[3], cfg)]
+    if family.layer_rows is not None:
+        return rows + [r for r in family.layer_rows(cfg) if _active(r[3], cfg)]
     for i in range(cfg.n_layer):
         rows += [(hf.format(i=i), ours.format(i=i), how, when)
                  for hf, ours, how, when in family.layer_keys if _active(when, cfg)]

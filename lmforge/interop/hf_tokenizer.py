@@ -22,6 +22,7 @@ SPECIAL_NAMES = {
     "bert": {"unk_token": "unk", "sep_token": "sep", "pad_token": "pad", "cls_token": "cls", "mask_token": "mask"},
     "roberta": {"bos_token": "cls", "eos_token": "sep", "unk_token": "unk", "sep_token": "sep", "pad_token": "pad",
                 "cls_token": "cls", "mask_token": "mask"},
+    "t5": {"eos_token": "eot", "unk_token": "unk", "pad_token": "pad"},
 }
 
 
@@ -34,7 +35,12 @@ def export_tokenizer(tok: Tokenizer, out: Path, family, model_max_length: int) -
 
     backend = Backend.from_str(tok.backend.to_str())
     extra: dict[str, Any] = {}
-    if family.special_names != "causal":
+    if family.special_names == "t5":  # T5 reads `text </s>`: lmforge appends it itself, HF's tokenizer does
+        eos = tok.specials["eot"]
+        backend.post_processor = TemplateProcessing(single=f"$A {eos}", pair=f"$A {eos} $B {eos}",
+                                                    special_tokens=[(eos, tok.eot_id)])
+        extra["additional_special_tokens"] = [tok.id_to_piece(i) for i in tok.sentinel_ids]
+    elif family.special_names != "causal":
         # lmforge wraps encoder input as [CLS] text [SEP] itself; HF expects the tokenizer to do it
         cls, sep = tok.specials["cls"], tok.specials["sep"]
         types = family.model_type == "bert"

@@ -56,6 +56,9 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
         if family.special_names == "causal":
             write_json(tmp / "generation_config.json",
                        {"bos_token_id": ids.bos, "eos_token_id": ids.eos, "pad_token_id": ids.pad})
+        elif family.special_names == "t5":
+            write_json(tmp / "generation_config.json",
+                       {"decoder_start_token_id": ids.pad, "eos_token_id": ids.eos, "pad_token_id": ids.pad})
         export_tokenizer(tok, tmp, family, cfg.context_len)
     print(f"lmforge: exported {run_dir} (step {loaded.step}) as {config['architectures'][0]} -> {out}")
     return out

@@ -10,13 +10,13 @@ model's kind:
 | `config.hidden_size`, `config.max_positions` | width of the hidden states; longest input (None: any) |
 | `config.input_format`, `config.token_types` | how texts and pairs are laid out (data/labeled.py); token types? |
 | `hidden(input_ids, attention_mask, token_type_ids)` | final hidden states (B, T, C), no LM head |
-| `pretraining_task` | the task that pretrains it: "causal_lm", "masked_lm" or "bptt" |
-| `decoding` | how it generates: "kv_cache", "recurrent", or None (it cannot) |
+| `pretraining_task` | the task that pretrains it: "causal_lm", "masked_lm", "bptt" or "span_corruption" |
+| `decoding` | how it generates: "kv_cache", "recurrent", "encoder_decoder", or None (it cannot) |
 | `default_pooling`, `pool(h)` | "cls" (its [CLS] pooler, `pool`) or "last" (the last real token) |
 | `lm_head_prefixes`, `pooler_prefixes` | parameter-name prefixes of the LM head's and the pooler's own tensors |
 | `classifier_bias`, `classifier_dropout` | the sequence-classification head of its HF family |
 | `layer_of(name)` | depth of a parameter: 0 embeddings, 1..n_layer blocks, n_layer + 1 top |
-| `blocks` (transformers) | its layers, an `nn.ModuleList` (FSDP shards each) |
+| `blocks` (`encoder`/`decoder` for T5) | its layers, `nn.ModuleList`s (FSDP shards each layer) |
 | `num_params(non_embedding)`, `flops_per_token(seq_len)` | size and training cost |
 """
 
@@ -28,14 +28,15 @@ from lmforge.errors import LmforgeError
 from lmforge.models.bert import Bert, BertConfig
 from lmforge.models.gpt import GPT, GPTConfig, KVCache
 from lmforge.models.rnn import RNNLM, RNNConfig
+from lmforge.models.t5 import T5, T5Config
 
-ModelConfig = GPTConfig | BertConfig | RNNConfig
+ModelConfig = GPTConfig | BertConfig | RNNConfig | T5Config
 """The [model] section: whichever config its `kind` names."""
 
-MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": Bert, "rnn": RNNLM}
+MODELS: dict[str, type[nn.Module]] = {"gpt": GPT, "bert": Bert, "rnn": RNNLM, "t5": T5}
 
-__all__ = ["MODELS", "GPT", "GPTConfig", "Bert", "BertConfig", "RNNLM", "RNNConfig", "KVCache", "ModelConfig",
-           "build_model", "model_class"]
+__all__ = ["MODELS", "GPT", "GPTConfig", "Bert", "BertConfig", "RNNLM", "RNNConfig", "T5", "T5Config", "KVCache",
+           "ModelConfig", "build_model", "model_class"]
 
 
 def model_class(cfg: ModelConfig) -> type[nn.Module]:

@@ -5,7 +5,9 @@
 | causal_lm | a GPT to predict the next token | token shards | generate |
 | masked_lm | a BERT to predict masked tokens | token shards | fill-mask |
 | bptt | a recurrent LM, state carried across windows | token shards | generate |
+| span_corruption | a T5 to write back sentinel-marked spans | token shards | generate |
 | classify | a head on a pretrained run, one label per text | labeled files | classify |
+| seq2seq | a pretrained T5, text to text (translation, summaries) | source/target pairs | generate |
 
 A run config names its task (`task = "..."`); without one, a config with [finetune] is a classifier's
 and any other trains its model's pretraining task (`pretraining_task` of the model class).
@@ -22,10 +24,11 @@ from lmforge import runs
 from lmforge.config import apply_overrides, from_dict, merge, read_toml, resolve_preset
 from lmforge.errors import LmforgeError
 from lmforge.models import MODELS
-from lmforge.tasks import bptt, causal_lm, classify, masked_lm
+from lmforge.tasks import bptt, causal_lm, classify, masked_lm, seq2seq, span_corruption
 from lmforge.tasks.task import LoadedRun, Source, Task, TaskData
 
-TASKS: dict[str, Task] = {t.name: t for t in (causal_lm.TASK, masked_lm.TASK, bptt.TASK, classify.TASK)}
+TASKS: dict[str, Task] = {t.name: t for t in (causal_lm.TASK, masked_lm.TASK, bptt.TASK, span_corruption.TASK,
+                                              classify.TASK, seq2seq.TASK)}
 
 __all__ = ["TASKS", "LoadedRun", "Source", "Task", "TaskData", "config_from", "get_task", "load_config",
            "load_run", "read_config"]
@@ -55,7 +58,7 @@ def config_from(raw: dict[str, Any], source: str = "config") -> Any:
     task = get_task(task_name(raw))
     cfg = from_dict(task.config_class, {**raw, "task": task.name}, source=source)
     pretrains = MODELS[cfg.model.kind].pretraining_task
-    if not task.head and task.name != pretrains:
+    if not task.finetunes and task.name != pretrains:
         raise LmforgeError(f"{source}: task {task.name!r} cannot train a {cfg.model.kind} model: its "
                            f"pretraining task is {pretrains!r}")
     return cfg

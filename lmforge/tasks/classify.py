@@ -264,4 +264,5 @@ def evaluate(run: LoadedRun, data: str | None, split: str | None, max_batches: i
 
 TASK = Task(
     name="classify", summary="one label per text or text pair", config_class=ClassifyConfig,
-    prepare=prepare, build_model=build, evaluate=evaluate, inference="classify", files=(LABEL_MAP,), head=True)
+    prepare=prepare, build_model=build, evaluate=evaluate, inference="classify", files=(LABEL_MAP,), head=True,
+    finetunes=True)

@@ -69,6 +69,8 @@ class Task:
     files: tuple[str, ...] = ()
     head: bool = False
     """The model is a backbone with a head: a source run's weights load into `model.backbone`."""
+    finetunes: bool = False
+    """It fine-tunes a pretrained run (`lmforge finetune --task NAME`), with or without a head."""
 
 
 @dataclass
