@@ -315,8 +315,8 @@ def test_import_refuses_missing_pieces(tmp_path, toks):
     with pytest.raises(LmforgeError, match="has no config.json"):
         import_hf(tmp_path, tmp_path / "run")
     (tmp_path / "hf").mkdir()
-    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "t5"}))
-    with pytest.raises(LmforgeError, match='model_type = "t5"'):
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({"model_type": "bart"}))
+    with pytest.raises(LmforgeError, match='model_type = "bart"'):
         import_hf(tmp_path / "hf", tmp_path / "run")
     with pytest.raises(LmforgeError, match="not found"):
         import_hf("./no/such/folder", tmp_path / "run")

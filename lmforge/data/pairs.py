@@ -53,8 +53,8 @@ def read_pairs(path: str | Path, source_column: str = "", target_column: str = "
     src, tgt = source_column, target_column
     if not src:
         lower = {n.lower(): n for n in names}
-        guess = next((pair for pair in PAIR_COLUMNS if pair[0] in lower and (pair[1] in lower or not need_targets)),
-                     None)
+        guess = next((pair for pair in PAIR_COLUMNS
+                      if pair[0] in lower and (pair[1] in lower or tgt or not need_targets)), None)
         if guess is None:
             raise LmforgeError(f"{path}: no source/target columns among {', '.join(map(repr, names))}: name them "
                                "with --source_column and --target_column (0-based indexes and --header no for a "

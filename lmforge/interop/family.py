@@ -51,6 +51,8 @@ class Family:
     """HF name prefixes of the language-model head (absent from bare and classifier checkpoints)."""
     layer_rows: Callable[[Any], list[Row]] | None = None
     """The per-layer rows for a config, when `layer_keys` x n_layer does not say it (T5's two stacks)."""
+    tied_copies: dict[str, str] = field(default_factory=dict)
+    """HF tensor -> the tensor it equals when a save leaves it out as tied (and lmforge keeps it apart)."""
 
 
 def toml(v: Any) -> str:

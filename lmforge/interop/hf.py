@@ -189,6 +189,9 @@ def from_hf_state(tensors: dict[str, torch.Tensor], cfg: GPTConfig | BertConfig,
     """
     tensors = normalise_names(tensors, family)
     rows = rows if rows is not None else key_map(family, cfg)
+    for name, same in family.tied_copies.items():
+        if name not in tensors and same in tensors and any(r[0] == name for r in rows):
+            tensors = {**tensors, name: tensors[same]}
     head = [r for r in rows if r[0].startswith(family.head_roots)]
     if head and not any(r[0] in tensors for r in head):
         rows = [r for r in rows if r not in head]

@@ -50,6 +50,8 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
     tensors = hf.to_hf_state(state, cfg, family)
     ids = hf.SpecialIds(bos=tok.eot_id, eos=tok.eot_id, pad=tok.pad_id)
     config = hf.to_hf_config(cfg, family, ids)
+    if run_cfg.task == "seq2seq" and run_cfg.finetune.source_prefix:  # what transformers 4 pipelines prepend
+        config["prefix"] = run_cfg.finetune.source_prefix
     with output_dir(out, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         write_json(tmp / "config.json", config)
@@ -57,11 +59,20 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
             write_json(tmp / "generation_config.json",
                        {"bos_token_id": ids.bos, "eos_token_id": ids.eos, "pad_token_id": ids.pad})
         elif family.special_names == "t5":
-            write_json(tmp / "generation_config.json",
-                       {"decoder_start_token_id": ids.pad, "eos_token_id": ids.eos, "pad_token_id": ids.pad})
+            write_json(tmp / "generation_config.json", {"decoder_start_token_id": ids.pad, "eos_token_id": ids.eos,
+                                                        "pad_token_id": ids.pad, **_decoding(run_cfg)})
         export_tokenizer(tok, tmp, family, cfg.context_len)
     print(f"lmforge: exported {run_dir} (step {loaded.step}) as {config['architectures'][0]} -> {out}")
     return out
+
+
+def _decoding(run_cfg) -> dict:
+    """A seq2seq run's decoding as generation_config.json keys: `generate()` then decodes as lmforge does."""
+    if run_cfg.task != "seq2seq":
+        return {}
+    d = run_cfg.finetune.decoding()
+    return {"max_new_tokens": d.max_new_tokens, "num_beams": d.num_beams, "length_penalty": d.length_penalty,
+            "no_repeat_ngram_size": d.no_repeat_ngram_size, "early_stopping": d.early_stopping, "do_sample": False}
 
 
 def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: bool, skip_damaged: bool) -> Path:

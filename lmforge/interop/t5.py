@@ -82,11 +82,21 @@ def from_config(hf: dict[str, Any], source: str) -> T5Config:
         relative_buckets=hf.get("relative_attention_num_buckets", 32),
         relative_max_distance=hf.get("relative_attention_max_distance", 128),
         feed_forward=ff, norm_eps=hf.get("layer_norm_epsilon", 1e-6), dropout=hf.get("dropout_rate", 0.1),
-        tie_embeddings=hf.get("tie_word_embeddings", True), init_std=hf.get("initializer_factor", 1.0))
+        tie_embeddings=_scaled(hf), init_std=hf.get("initializer_factor", 1.0))
+
+
+def _scaled(hf: dict[str, Any]) -> bool:
+    """Whether the decoder output is scaled by d_model**-0.5 before a tied output layer (the original T5).
+
+    transformers 5 always ties the output layer in memory and records the scale on its own
+    (`scale_decoder_outputs`); older versions say both with `tie_word_embeddings`. lmforge ties exactly
+    when it scales, so an unscaled tied model imports untied, its output layer a copy of the embedding
+    (`tied_copies`)."""
+    return bool(hf.get("scale_decoder_outputs", hf.get("tie_word_embeddings", True)))
 
 
 FAMILY = Family(
     model_type="t5", lm="T5ForConditionalGeneration", classifier="", base_prefix="", keys=KEYS, layer_keys=[],
     classifier_head=[], pooling="mean", to_config=to_config, from_config=from_config, special_names="t5",
     default_specials={"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}, head_roots=("lm_head.",),
-    layer_rows=layer_rows)
+    layer_rows=layer_rows, tied_copies={"lm_head.weight": "shared.weight"})
