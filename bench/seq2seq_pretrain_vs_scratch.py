@@ -161,7 +161,7 @@ def main() -> None:
             test = json.loads((out / "eval_results.json").read_text())["test"]
             results[arm].append(test)
             print(f"seed {seed} {arm:10s}: BLEU {test['bleu']:6.2f}  chrF {test['chrf']:6.2f}  ROUGE-L "
-                  f"{test['rougeL']:6.2f}  dev-selected loss {test['loss']:.3f}  ({time.time() - t1:.0f} s)", flush=True)
+                  f"{test['rougeL']:6.2f}  loss {test['loss']:.3f}  ({time.time() - t1:.0f} s)", flush=True)
     print(f"\n{args.dataset}: mean (sd) over seeds {args.seeds}")
     for arm, rows in results.items():
         cells = []

@@ -6,7 +6,8 @@ several machines); ```console and ```python blocks are shown output or snippets,
 are run when preceded by `<!-- run -->`).
 
 The examples assume a user's own files; the test writes small stand-ins first: notes.txt (lines of
-text), sst2/train.tsv and sst2/dev.tsv (GLUE layout: sentence<TAB>label) and reviews.tsv.
+text), sst2/train.tsv and sst2/dev.tsv (GLUE layout: sentence<TAB>label), reviews.tsv and cmn.txt
+(Tatoeba layout: English<TAB>Chinese<TAB>attribution).
 """
 
 from __future__ import annotations
@@ -74,6 +75,16 @@ def user_files(folder: Path) -> None:
     (folder / "sst2" / "train.tsv").write_text(rows(400))
     (folder / "sst2" / "dev.tsv").write_text(rows(60))
     (folder / "reviews.tsv").write_text(rows(20))
+    english = dict(zip("I you we they love see like want the a big small red old new cat dog bird fish house car "
+                       "book tea water station school city river tree today tomorrow here there quickly slowly "
+                       "read write eat drink".split(),
+                       "我 你 我们 他们 爱 看见 喜欢 想要 这 一个 大 小 红 老 新 猫 狗 鸟 鱼 房子 车 书 "
+                       "茶 水 车站 学校 城市 河 树 今天 明天 这里 那里 快 慢 读 写 吃 喝".split()))
+    lines = []
+    for n in range(3000):
+        words = rng.sample(list(english), rng.randint(4, 9))
+        lines.append(f"{' '.join(words).capitalize()}.\t{''.join(english[w] for w in words)}。\tCC-BY 2.0 #{n}")
+    (folder / "cmn.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ how many outputs reached max_new_tokens. Inference: `lmforge generate RUN --inpu
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,7 +127,10 @@ def measure(model, tok, cfg: Seq2SeqConfig, pairs, enc, runtime: Runtime, genera
     if generate:
         outputs = decode_all(runtime.unwrap(model), tok, pairs.sources, cfg)
         out.update(text_metrics([o.text for o in outputs], pairs.targets, ft.bleu_tokenize, ft.rouge_tokenize))
-        out["decoding"] = {**dataclasses.asdict(ft.decoding()), "source_prefix": ft.source_prefix}
+        d = ft.decoding()
+        out["decoding"] = {"max_new_tokens": d.max_new_tokens, "num_beams": d.num_beams, "length_penalty":
+                           d.length_penalty, "no_repeat_ngram_size": d.no_repeat_ngram_size, "early_stopping":
+                           d.early_stopping, "source_prefix": ft.source_prefix}
         out["outputs_at_max_new_tokens"] = sum(o.hit_limit for o in outputs)
         out["sources_truncated"] = sum(o.source_truncated for o in outputs)
         out["_outputs"] = [o.text for o in outputs]
