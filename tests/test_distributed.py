@@ -146,3 +146,23 @@ def test_bert_masked_lm_ddp_reproduces_one_process(tmp_path):
     (train1, val1), (train2, val2) = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     _same(train1, train2, [1, 2, 3])
     _same(val1, val2, [3])
+
+
+def test_t5_span_corruption_fsdp_reproduces_one_process(tmp_path):
+    """FSDP shards each layer of both T5 stacks; two processes log the losses of one."""
+    from conftest import make_english, make_shards
+
+    from lmforge.tokenizer import TokenizerConfig
+
+    shards = make_shards(tmp_path, make_english(200, seed=4), 20, TokenizerConfig(kind="bpe", vocab_size=320,
+                                                                                    extra_ids=10))
+    t5 = ["pretrain", "--config", "t5-tiny", "--data", shards, *[
+        x for kv in ("model.d_model=32", "model.d_ff=64", "data.seq_len=32", "train.batch_size=8",
+                     "train.max_steps=3", "train.log_every=1", "train.eval_every=3", "train.eval_batches=2",
+                     "train.save_every=3", "train.progress=false", "runtime.device=cpu", "model.dropout=0")
+        for x in ("--set", kv)]]
+    _ok(_lmforge(0, *t5, "--out", tmp_path / "one"))
+    _ok(_lmforge(2, *t5, "--out", tmp_path / "two", "--set", "runtime.parallel=fsdp"))
+    (train1, val1), (train2, val2) = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    _same(train1, train2, [1, 2, 3])
+    _same(val1, val2, [3])

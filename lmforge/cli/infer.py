@@ -23,9 +23,9 @@ def _load_for(args: argparse.Namespace, inference: str, command: str):
             raise LmforgeError(f"{args.run} is a fine-tuned {cfg.model.kind} classifier, not a language model: "
                                f"{command} needs a pretrained run{source}; label texts with "
                                f"`lmforge {task.inference} {args.run} \"text\"`")
-        other = "`lmforge generate` for gpt and rnn" if inference == "fill-mask" else "`lmforge fill-mask` for bert"
+        other = "`lmforge generate` for gpt, rnn and t5" if inference == "fill-mask" else "`lmforge fill-mask` for bert"
         what = "not a masked LM: fill-mask needs a bert run" if inference == "fill-mask" else \
-            "generate needs a gpt or rnn run"
+            "generate needs a gpt, rnn or t5 run"
         raise LmforgeError(f"{args.run} is a {cfg.model.kind} run, {what} (use {other})")
     run = load(args, str(run_dir))
     fresh = run.untrained_lm_head()

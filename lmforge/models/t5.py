@@ -162,10 +162,15 @@ class EncoderBlock(nn.Module):
         self.ln_ff, self.ff = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps), FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None, mask_bias: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the new states and the attention bias, which the first layer computes from its position
+        table (inside its own forward, where FSDP has gathered that table) for the layers after it."""
+        if bias is None:
+            bias = self.attn.position_bias(x.size(1), x.size(1), 0, x.device) + mask_bias  # (B, nh, S, S)
         h = self.ln_attn(x)
         x = x + self.drop(self.attn(h, h, bias))  # (B, S, C)
-        return x + self.drop(self.ff(self.ln_ff(x)))
+        return x + self.drop(self.ff(self.ln_ff(x))), bias
 
 
 class DecoderBlock(nn.Module):
@@ -178,8 +183,14 @@ class DecoderBlock(nn.Module):
         self.ln_ff, self.ff = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps), FeedForward(cfg)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, y: torch.Tensor, memory, self_bias: torch.Tensor, cross_bias: torch.Tensor,
-                cache: DecoderCache | None, layer: int) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, memory, self_bias: torch.Tensor | None, cross_bias: torch.Tensor,
+                cache: DecoderCache | None, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As EncoderBlock: the first layer turns its position table into the causal self-attention bias."""
+        if self_bias is None:
+            T, offset = y.size(1), cache.pos if cache is not None else 0
+            self_bias = self.self_attn.position_bias(T, offset + T, offset, y.device)  # (1, nh, T, offset + T)
+            causal = torch.ones(T, offset + T, dtype=torch.bool, device=y.device).tril(diagonal=offset)
+            self_bias = self_bias.masked_fill(~causal, float("-inf"))
         h = self.ln_self(y)
         kv = h
         if cache is not None:  # the new positions' keys and values join the cached ones
@@ -187,7 +198,7 @@ class DecoderBlock(nn.Module):
             kv = cache.extend(layer, attn.split(attn.k(h)), attn.split(attn.v(h)))
         y = y + self.drop(self.self_attn(h, kv, self_bias))  # (B, T, C)
         y = y + self.drop(self.cross_attn(self.ln_cross(y), memory[layer] if cache else memory, cross_bias))
-        return y + self.drop(self.ff(self.ln_ff(y)))
+        return y + self.drop(self.ff(self.ln_ff(y))), self_bias
 
 
 class DecoderCache:
@@ -264,12 +275,10 @@ class T5(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output (B, S, C); attention_mask (B, S) is 1 for tokens, 0 for padding."""
-        B, S = input_ids.shape
         mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids)
-        bias = self.encoder[0].attn.position_bias(S, S, 0, input_ids.device) + _mask_bias(mask)  # (B, nh, S, S)
-        x = self.drop(self.shared(input_ids))  # (B, S, C)
+        x, bias, mask_bias = self.drop(self.shared(input_ids)), None, _mask_bias(mask)  # (B, S, C)
         for block in self.encoder:
-            x = block(x, bias)
+            x, bias = block(x, bias, mask_bias)
         return self.drop(self.enc_norm(x))
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -282,18 +291,13 @@ class T5(nn.Module):
         """Next-token logits (B, T, V) of decoder inputs given the encoder output (B, S, C). With a cache,
         `decoder_ids` are the new positions only and `memory` is ignored (the cache holds it)."""
         B, T = decoder_ids.shape
-        offset = cache.pos if cache is not None else 0
-        first = self.decoder[0].self_attn
-        self_bias = first.position_bias(T, offset + T, offset, decoder_ids.device)  # (1, nh, T, offset + T)
-        causal = torch.ones(T, offset + T, dtype=torch.bool, device=decoder_ids.device).tril(diagonal=offset)
-        self_bias = self_bias.masked_fill(~causal, float("-inf"))
         S = memory.size(1) if cache is None else cache.cross[0][0].size(2)
         mask = attention_mask if attention_mask is not None else torch.ones(B, S, dtype=torch.long,
                                                                             device=decoder_ids.device)
         cross_bias = _mask_bias(mask).expand(-1, self.config.n_head, T, -1)  # (B, nh, T, S)
-        y = self.drop(self.shared(decoder_ids))  # (B, T, C)
+        y, self_bias = self.drop(self.shared(decoder_ids)), None  # (B, T, C)
         for i, block in enumerate(self.decoder):
-            y = block(y, cache if cache is not None else memory, self_bias, cross_bias, cache, i)
+            y, self_bias = block(y, cache if cache is not None else memory, self_bias, cross_bias, cache, i)
         if cache is not None:
             cache.pos += T
         y = self.drop(self.dec_norm(y))

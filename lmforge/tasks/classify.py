@@ -201,7 +201,7 @@ def classify(run: LoadedRun, texts: Sequence[str], pairs: Sequence[str] | None =
 
     if run.task.name != "classify":
         raise LmforgeError(f"{run.run_dir} is a {run.task.name} run, not a classifier: classify needs the --out "
-                           "folder of `lmforge finetune`")
+                           "folder of `lmforge finetune --task classify`")
     if isinstance(texts, str):
         texts = [texts]
     cfg, labels, device = run.config, labels_of(run), next(run.model.parameters()).device
