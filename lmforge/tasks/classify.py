@@ -29,6 +29,7 @@ from lmforge.tasks.finetuning import (
     absolute_paths,
     check_files,
     early_stopping,
+    eval_file,
     max_length_of,
     with_loop,
 )
@@ -254,12 +255,7 @@ def evaluate_file(run: LoadedRun, path: Path, batch_size: int = 64) -> dict:
 
 
 def evaluate(run: LoadedRun, data: str | None, split: str | None, max_batches: int, runtime: Runtime) -> dict:
-    if not data:
-        raise LmforgeError(f"{run.run_dir} is a classifier: pass --data FILE (a labeled .tsv, .csv or .jsonl)")
-    if split is not None or max_batches:
-        raise LmforgeError(f"{run.run_dir} is a classifier: --split and --batches are for token shards; "
-                           "it is evaluated on the whole --data file")
-    return evaluate_file(run, Path(data))
+    return evaluate_file(run, eval_file(run, data, split, max_batches, "a labeled .tsv, .csv or .jsonl"))
 
 
 TASK = Task(

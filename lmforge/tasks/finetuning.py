@@ -184,6 +184,16 @@ def absolute_paths(cfg: FinetuneRunConfig) -> FinetuneRunConfig:
     return dataclasses.replace(cfg, finetune=dataclasses.replace(ft, **paths))
 
 
+def eval_file(run, data: str | None, split: str | None, max_batches: int, what: str) -> Path:
+    """The --data file `lmforge eval` reads, whole, for a fine-tuned run (`what`: its kind of file)."""
+    if not data:
+        raise LmforgeError(f"{run.run_dir} is a {run.task.name} run: pass --data FILE ({what})")
+    if split is not None or max_batches:
+        raise LmforgeError(f"{run.run_dir} is a {run.task.name} run: --split and --batches are for token shards; "
+                           "it is evaluated on the whole --data file")
+    return Path(data)
+
+
 def check_files(ft: FinetuneConfig) -> None:
     if not ft.train_file or not ft.dev_file:
         raise LmforgeError("finetune needs --train FILE and --dev FILE (finetune.train_file, "

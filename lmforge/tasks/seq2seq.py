@@ -29,6 +29,7 @@ from lmforge.tasks.finetuning import (
     absolute_paths,
     check_files,
     early_stopping,
+    eval_file,
     max_length_of,
     with_loop,
 )
@@ -220,17 +221,13 @@ def evaluate(run: LoadedRun, data: str | None, split: str | None, max_batches: i
     """`lmforge eval RUN --data FILE`: loss and decoded metrics of a file of pairs, as the run decodes."""
     from lmforge.data.pairs import encode_pairs
 
-    if not data:
-        raise LmforgeError(f"{run.run_dir} is a seq2seq run: pass --data FILE (pairs in .tsv, .csv or .jsonl)")
-    if split is not None or max_batches:
-        raise LmforgeError(f"{run.run_dir} is a seq2seq run: --split and --batches are for token shards; it is "
-                           "evaluated on the whole --data file")
+    path = eval_file(run, data, split, max_batches, "pairs in .tsv, .csv or .jsonl")
     ft = run.config.finetune
-    pairs = _read(data, ft)
+    pairs = _read(str(path), ft)
     enc = encode_pairs(run.tokenizer, pairs, ft.source_prefix, max_length_of(run.config), ft.max_target_length)
     m = measure(run.model, run.tokenizer, run.config, pairs, enc, runtime, True)
     m.pop("_outputs")
-    return {"checkpoint": run.checkpoint.name, "data": str(data), **m}
+    return {"checkpoint": run.checkpoint.name, "data": str(path), **m}
 
 
 TASK = Task(
