@@ -106,6 +106,13 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._backend.encode_batch_fast(texts, add_special_tokens=False)]
 
+    def encode_offsets(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """Each text's token ids and each token's (start, end) character span in that text (for aligning
+        word or character labels and answer spans with tokens). A byte-level token's span may include the
+        space before it; the pieces of one character split into bytes share its span."""
+        # encode_batch_fast leaves the offsets out
+        return [(e.ids, e.offsets) for e in self._backend.encode_batch(texts, add_special_tokens=False)]
+
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids]
         bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
