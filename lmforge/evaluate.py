@@ -174,3 +174,108 @@ def text_metrics(hypotheses: list[str], references: list[str], bleu_tokenize: st
             "bleu_signature": str(bleu.get_signature()), "chrf_signature": str(chrf.get_signature()),
             "rouge_signature": f"rouge-score {version}|tokenize:{'chars' if chars else 'words'}|"
                                f"stemmer:{'no' if chars else 'porter'}|F1 mean x 100"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Extractive question answering: SQuAD v1.1 and CMRC 2018 exact match and F1
+
+
+def _squad_normalize(text: str) -> str:
+    """The official SQuAD v1.1 normalization: lower case, no punctuation, no articles, single spaces."""
+    import re
+    import string
+
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _squad_f1(prediction: str, gold: str) -> float:
+    from collections import Counter
+
+    pred, ref = _squad_normalize(prediction).split(), _squad_normalize(gold).split()
+    same = sum((Counter(pred) & Counter(ref)).values())
+    if same == 0:  # as the v1.1 script: an empty prediction of an empty gold scores F1 0 (EM 1)
+        return 0.0
+    precision, recall = same / len(pred), same / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _mean_best(predictions: list[str], references: list[list[str]], em, f1) -> dict[str, float]:
+    """Mean over questions of the best EM and F1 over each question's gold answers, x 100."""
+    if len(predictions) != len(references) or not references:
+        raise LmforgeError(f"{len(predictions)} predictions for {len(references)} questions")
+    total_em = total_f1 = 0.0
+    for i, (pred, golds) in enumerate(zip(predictions, references)):
+        if not golds:
+            raise LmforgeError(f"question {i} has no gold answer: every question needs one to be scored")
+        total_em += max(float(em(pred, g)) for g in golds)
+        total_f1 += max(f1(pred, g) for g in golds)
+    return {"exact_match": 100.0 * total_em / len(references), "f1": 100.0 * total_f1 / len(references)}
+
+
+def squad_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Exact match and token F1 (x 100) as the official SQuAD v1.1 evaluation script computes them."""
+    return _mean_best(predictions, references, lambda p, g: _squad_normalize(p) == _squad_normalize(g),
+                      _squad_f1)
+
+
+def _is_punctuation(c: str) -> bool:
+    import string
+    import unicodedata
+
+    return c in string.punctuation or c == "～" or unicodedata.category(c).startswith("P")
+
+
+def _cmrc_tokens(text: str) -> list[str]:
+    """CJK characters one by one, runs of other letters and digits as words; no punctuation, no spaces.
+    (The CMRC 2018 script splits the non-CJK runs with nltk's word_tokenize; letters and digits run
+    together the same way here without the dependency.)"""
+    out, word = [], ""
+    for c in text.lower():
+        if c.isalnum() and not ("\u3400" <= c <= "\u9fff" or "\uf900" <= c <= "\ufaff"):
+            word += c
+            continue
+        if word:
+            out.append(word)
+            word = ""
+        if not (c.isspace() or _is_punctuation(c)):
+            out.append(c)
+    return out + [word] if word else out
+
+
+def _cmrc_f1(prediction: str, gold: str) -> float:
+    pred, ref = _cmrc_tokens(prediction), _cmrc_tokens(gold)
+    # longest common contiguous run of tokens (substring, not subsequence), as the CMRC script
+    longest, row = 0, [0] * (len(ref) + 1)
+    for p in pred:
+        prev = 0  # row[j - 1] of the previous pred token
+        for j, r in enumerate(ref, 1):
+            prev, row[j] = row[j], prev + 1 if p == r else 0
+            longest = max(longest, row[j])
+    if longest == 0:
+        return 0.0
+    precision, recall = longest / len(pred), longest / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _cmrc_em(prediction: str, gold: str) -> bool:
+    def strip(text: str) -> str:
+        return " ".join("".join(c for c in text.lower() if not _is_punctuation(c)).split())
+
+    return strip(prediction) == strip(gold)
+
+
+def cmrc_metrics(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Exact match and character-level F1 (x 100) as the CMRC 2018 evaluation: F1 from the longest common
+    substring of the token lists (`_cmrc_tokens`), EM on the texts without punctuation."""
+    return _mean_best(predictions, references, _cmrc_em, _cmrc_f1)
+
+
+def qa_metrics(predictions: list[str], references: list[list[str]], language: str = "auto") -> dict:
+    """`cmrc_metrics` for Chinese ("zh", or "auto" with Chinese references), else `squad_metrics`."""
+    if language not in ("auto", "zh", "en"):
+        raise LmforgeError(f"QA metric language {language!r}: use auto, zh or en")
+    chinese = language == "zh" or (language == "auto" and is_chinese([g for golds in references for g in golds]))
+    if chinese:
+        return {**cmrc_metrics(predictions, references), "metric_style": "cmrc2018"}
+    return {**squad_metrics(predictions, references), "metric_style": "squad-v1.1"}
