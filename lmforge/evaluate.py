@@ -130,6 +130,27 @@ def format_confusion(metrics: dict) -> str:
 # Generated text: BLEU and chrF (sacrebleu), ROUGE (rouge-score); the seq2seq extra installs both
 
 
+def entity_metrics(gold: list[list[str]], predicted: list[list[str]]) -> dict:
+    """Entity precision / recall / F1 with seqeval in strict IOB2 mode (an entity counts when its whole
+    B-X I-X ... chunk and type match; conlleval, and seqeval's default mode, would also count chunks that
+    start with I-), micro over all entities and per type, plus word accuracy. All in [0, 1]."""
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted)):
+        raise LmforgeError("entity_metrics: predicted and gold sentences differ in length")
+    report = classification_report(gold, predicted, mode="strict", scheme=IOB2, output_dict=True,
+                                   zero_division=0)
+    words = sum(len(g) for g in gold)
+    right = sum(a == b for g, p in zip(gold, predicted) for a, b in zip(g, p))
+    micro = report["micro avg"]
+    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                    "support": int(v["support"])} for k, v in report.items() if not k.endswith(" avg")}
+    return {"precision": float(micro["precision"]), "recall": float(micro["recall"]), "f1": float(micro["f1-score"]),
+            "accuracy": right / max(words, 1), "entities": int(micro["support"]), "per_type": per_type,
+            "scheme": "IOB2", "mode": "seqeval strict"}
+
+
 def is_chinese(texts: list[str]) -> bool:
     """Whether most of the non-space characters of `texts` are CJK ideographs (picks zh tokenization)."""
     chars = [c for t in texts[:2000] for c in t if not c.isspace()]

@@ -24,6 +24,8 @@ IGNORE = -100
 
 def count_targets(batch: dict[str, torch.Tensor]) -> int:
     """Targets in a batch still on the host (no device synchronisation)."""
+    if "labels" not in batch:  # span extraction: one target (a start and an end) per window
+        return len(batch["start_positions"])
     return int((batch["labels"] != IGNORE).sum())
 
 
@@ -135,3 +137,23 @@ def seq2seq_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
     selected = labels != IGNORE
     correct = ((logits.detach().argmax(dim=-1) == labels) & selected).sum()
     return loss_sum, selected.sum(), {"correct": correct}
+
+
+def token_classification_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Cross-entropy of every labeled token (labels (B, T), IGNORE on special tokens and, by default, on
+    the later subwords of a word); extras count the correct ones."""
+    labels = batch["labels"]
+    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))  # (B, T, L)
+    loss_sum = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+    selected = labels != IGNORE
+    correct = ((logits.argmax(-1) == labels) & selected).sum()
+    return loss_sum, selected.sum(), {"correct": correct}
+
+
+def span_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Extractive QA: the mean of the start and end cross-entropies per window (as HF's
+    *ForQuestionAnswering), summed over the batch; one target per window."""
+    start, end = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))  # (B, T) each
+    loss_sum = (F.cross_entropy(start.float(), batch["start_positions"], reduction="sum")
+                + F.cross_entropy(end.float(), batch["end_positions"], reduction="sum")) / 2
+    return loss_sum, torch.tensor(start.size(0), device=start.device), {}

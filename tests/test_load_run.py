@@ -90,7 +90,7 @@ def test_language_model_commands_refuse_a_classifier(runs, cli):
     for args in (("generate", clf, "--prompt", "the", "--max-new-tokens", "2"),
                  ("fill-mask", clf, "the [MASK]")):
         code, _, err = cli(*args)
-        assert code == 2 and "fine-tuned gpt classifier, not a language model" in err, err
+        assert code == 2 and "gpt fine-tuned for classify, not a language model" in err, err
         assert f"pretrained run is {runs['gpt']}" in err and "lmforge classify" in err
     code, _, err = cli("pretrain", "--resume", clf)
     assert code == 2 and "lmforge finetune --resume" in err, err

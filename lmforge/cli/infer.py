@@ -20,9 +20,9 @@ def _load_for(args: argparse.Namespace, inference: str, command: str):
     if task.inference != inference:
         if task.head:
             source = f" (its pretrained run is {cfg.finetune.from_run})" if cfg.finetune.from_run else ""
-            raise LmforgeError(f"{args.run} is a fine-tuned {cfg.model.kind} classifier, not a language model: "
-                               f"{command} needs a pretrained run{source}; label texts with "
-                               f"`lmforge {task.inference} {args.run} \"text\"`")
+            raise LmforgeError(f"{args.run} is a {cfg.model.kind} fine-tuned for {task.name}, not a language model: "
+                               f"{command} needs a pretrained run{source}; use it with "
+                               f"`lmforge {task.inference} {args.run} ...`")
         other = "`lmforge generate` for gpt, rnn and t5" if inference == "fill-mask" else "`lmforge fill-mask` for bert"
         what = "not a masked LM: fill-mask needs a bert run" if inference == "fill-mask" else \
             "generate needs a gpt, rnn or t5 run"

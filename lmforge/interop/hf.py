@@ -221,7 +221,7 @@ def normalise_names(tensors: dict[str, torch.Tensor], family: Family) -> dict[st
     """Accept checkpoints saved from the bare base model (no `bert.`/`transformer.` prefix) and old
     gamma/beta names."""
     prefix = family.base_prefix
-    roots = (*family.head_roots, "score.", "classifier.", "pre_classifier.")
+    roots = (*family.head_roots, "score.", "classifier.", "pre_classifier.", "qa_outputs.")
     out = {}
     for name, t in tensors.items():
         if name.endswith(".gamma"):

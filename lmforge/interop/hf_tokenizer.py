@@ -50,8 +50,10 @@ def export_tokenizer(tok: Tokenizer, out: Path, family, model_max_length: int) -
             pair = f"{cls} $A {sep} $B:1 {sep}:1" if types else f"{cls} $A {sep} $B {sep}"
         backend.post_processor = TemplateProcessing(single=f"{cls} $A {sep}", pair=pair,
                                                     special_tokens=[(cls, tok.cls_id), (sep, tok.sep_id)])
-        if not types:  # RoBERTa and DistilBERT read no token types
-            extra["model_input_names"] = ["input_ids", "attention_mask"]
+        # RoBERTa and DistilBERT read no token types; BERT's must be asked for by name (transformers 5's
+        # generic fast tokenizer leaves them out, and a pair would then run with every type 0)
+        extra["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"] if types else \
+            ["input_ids", "attention_mask"]
     write_text(out / "tokenizer.json", backend.to_str(pretty=True))
     special_map = {name: tok.specials[role] for name, role in SPECIAL_NAMES[family.special_names].items()}
     write_json(out / "special_tokens_map.json", special_map)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lmforge.errors import LmforgeError
-from lmforge.interop import hf
+from lmforge.interop import hf, token_heads
 from lmforge.interop.hf_tokenizer import export_tokenizer, import_tokenizer
 from lmforge.runs import save_run
 
@@ -39,6 +39,8 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
 
     run_dir, out = resolve_run(run), Path(out)
     run_cfg = read_config(run_dir)
+    if run_cfg.task in token_heads.HEADS:
+        return token_heads.export(run_dir, out, checkpoint, overwrite, skip_damaged)
     if get_task(run_cfg.task).head:
         return _export_classifier(run_dir, out, checkpoint, overwrite, skip_damaged)
     cfg = run_cfg.model
@@ -125,7 +127,8 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: 
     """Turn HF folder `src` (or `hf:NAME` from the Hub) into lmforge run folder `out`; returns `out`.
 
     A *ForSequenceClassification folder becomes a fine-tuned run (what `lmforge finetune` writes:
-    [finetune] in config.toml, label_map.json from id2label); anything else a pretrained run.
+    [finetune] in config.toml, label_map.json from id2label), a *ForTokenClassification or
+    *ForQuestionAnswering one a ner or qa run; anything else a pretrained run.
     """
     from lmforge.config import to_dict
     from lmforge.models import build_model
@@ -142,6 +145,9 @@ def import_hf(src: str | Path, out: str | Path, overwrite: bool = False, quiet: 
                            f"{cfg.vocab_size} embeddings: the folder mixes two models")
     if hf.is_classifier(raw_cfg):
         return _import_classifier(raw_cfg, family, cfg, tensors, tok, out, source, overwrite, quiet)
+    if token_heads.task_of(raw_cfg):
+        return token_heads.import_run(raw_cfg, family, cfg, tensors, tok, out, source, overwrite, quiet,
+                                      lambda model, state: _load_checked(model, state, cfg, family, "backbone."))
     model = build_model(cfg)
     fresh = _load_checked(model, hf.from_hf_state(tensors, cfg, family, source), cfg, family, "")
     unused = hf.unused_tensors(tensors, cfg, family)

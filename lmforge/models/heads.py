@@ -12,6 +12,13 @@ backbone's family, so export is a renaming:
 | gpt      | `last`: h at the last real token | Linear(C, L), no bias        | GPT2ForSequenceClassification |
 | rnn      | `last`: h at the last real token | dropout, Linear(C, L) + bias | (none)                        |
 
+Per-token heads (the same layout in every HF family):
+
+| head | computes | HF classes |
+| ---- | -------- | ---------- |
+| TokenClassifier | dropout, Linear(C, L) + bias on every token: (B, T, L) | *ForTokenClassification (`classifier`) |
+| SpanScorer | Linear(C, 2) + bias: start and end logits (B, T) each | *ForQuestionAnswering (`qa_outputs`) |
+
 `mean` pooling (the average of the real tokens' hidden states) is an option for every backbone; for
 BERT it bypasses the pooler. Padding is on the right; `attention_mask` (B, T) is 1 on real tokens.
 """
@@ -102,3 +109,77 @@ class SequenceClassifier(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         return self.backbone.flops_per_token(seq_len)  # the head is one (C, L) matmul per sequence
+
+
+class TokenHead(nn.Module):
+    """A backbone with a per-token linear head (`head`): what token classification and span extraction
+    share. The LM head and the pooler are never run (frozen so DDP does not wait for their gradients)."""
+
+    def __init__(self, model_cfg: ModelConfig, outputs: int, dropout: float) -> None:
+        super().__init__()
+        self.config = model_cfg
+        self.layerwise_lr_decay = 1.0
+        self.backbone = build_model(model_cfg)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(model_cfg.hidden_size, outputs)
+        nn.init.normal_(self.head.weight, mean=0.0, std=getattr(model_cfg, "init_std", 0.02))
+        nn.init.zeros_(self.head.bias)
+
+    def token_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                     token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        h = self.backbone.hidden(input_ids, attention_mask, token_type_ids)  # (B, T, C)
+        return self.head(self.drop(h))  # (B, T, outputs)
+
+    def unused_prefixes(self) -> tuple[str, ...]:
+        return self.backbone.lm_head_prefixes + self.backbone.pooler_prefixes
+
+    def freeze_unused(self) -> None:
+        for name, p in self.backbone.named_parameters():
+            if name.startswith(self.unused_prefixes()):
+                p.requires_grad_(False)
+
+    def freeze_backbone(self) -> None:
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    def lr_scales(self) -> dict[str, float]:
+        """Layer-wise lr decay: the backbone's depths, the head on top (n_layer + 1)."""
+        top, decay = self.config.n_layer + 1, self.layerwise_lr_decay
+        depth = {name: self.backbone.layer_of(name[len("backbone."):]) if name.startswith("backbone.") else top
+                 for name, _ in self.named_parameters()}
+        return {name: decay ** (top - d) for name, d in depth.items()}
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        return self.backbone.num_params(non_embedding) + sum(p.numel() for p in self.head.parameters())
+
+    def flops_per_token(self, seq_len: int) -> float:
+        return self.backbone.flops_per_token(seq_len) + 6 * self.head.weight.numel()
+
+
+class TokenClassifier(TokenHead):
+    """One label per token: `logits = head(dropout(backbone(input_ids)))`, (B, T, L)."""
+
+    def __init__(self, model_cfg: ModelConfig, num_labels: int, dropout: float = 0.1) -> None:
+        if num_labels < 2:
+            raise ValueError(f"a token classifier needs at least 2 labels, got {num_labels}")
+        super().__init__(model_cfg, num_labels, dropout)
+        self.num_labels = num_labels
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.token_logits(input_ids, attention_mask, token_type_ids)  # (B, T, L)
+
+
+class SpanScorer(TokenHead):
+    """Where an answer starts and ends: `start, end = head(backbone(input_ids)).unbind(-1)`, (B, T) each.
+    No dropout before the head, as HF's *ForQuestionAnswering."""
+
+    def __init__(self, model_cfg: ModelConfig) -> None:
+        super().__init__(model_cfg, 2, 0.0)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.token_logits(input_ids, attention_mask, token_type_ids).unbind(-1)  # (B, T) each
+        return start, end
