@@ -99,7 +99,9 @@ def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source:
     result = train(model, data.objective, data.batches, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule,
                    train_cfg=cfg.train, runtime=runtime, run_dir=out, evaluate_fn=data.evaluate, resume=resume,
                    skip_damaged=skip_damaged)
-    best = f", best val loss {result.best_val_loss:.4f}" if result.best_val_loss is not None else ""
+    metric = cfg.finetune.metric_for_best_model if data.final is not None else "loss"
+    best = "" if result.best_val_loss is None else f", best val loss {result.best_val_loss:.4f}" if metric == "loss" \
+        else f", best dev {metric} {-result.best_val_loss:.4f}"  # the loop minimises minus the metric
     verb = {"interrupted": "stopped by a signal (saved) at", "time": "stopped by train.max_minutes at",
             "early_stopping": "stopped early at"}.get(result.stopped, "finished")
     command = "pretrain" if data.final is None else "finetune"

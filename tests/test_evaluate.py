@@ -54,3 +54,24 @@ def test_eval_cli(tmp_path, tiny_shards, cli):
     assert code == 2 and "config.toml" in err
     code, _, err = cli("eval", tmp_path / "run", "--split", "test", "--device", "cpu")
     assert code == 2 and "no 'test' split" in err
+
+
+def test_entity_metrics_are_seqeval_strict_iob2():
+    seqeval = pytest.importorskip("seqeval.metrics")
+    from seqeval.scheme import IOB2
+
+    from lmforge.evaluate import entity_metrics
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-PER"], ["O", "B-LOC", "I-LOC"]]
+    pred = [["B-PER", "I-PER", "O", "I-LOC"], ["B-ORG", "O", "B-LOC"], ["O", "B-LOC", "I-LOC"]]
+    m = entity_metrics(gold, pred)
+    strict = {"mode": "strict", "scheme": IOB2}
+    assert m["f1"] == pytest.approx(seqeval.f1_score(gold, pred, **strict))
+    assert m["precision"] == pytest.approx(seqeval.precision_score(gold, pred, **strict))
+    assert m["recall"] == pytest.approx(seqeval.recall_score(gold, pred, **strict))
+    # by hand: 5 gold entities; predicted PER, ORG, LOC(2nd sentence, wrong), LOC(3rd) = 4, of which 3 right
+    assert (m["precision"], m["recall"]) == pytest.approx((3 / 4, 3 / 5))
+    # the lenient default (conlleval's) also counts the chunk that starts with I-LOC: the modes differ
+    assert seqeval.f1_score(gold, pred) > m["f1"]
+    assert m["per_type"]["PER"] == pytest.approx({"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2})
+    assert m["accuracy"] == pytest.approx(8 / 10)

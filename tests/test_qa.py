@@ -78,6 +78,14 @@ def test_qa_learns_scores_like_squad_and_answers(qa_runs, tmp_path, cli):
     answer = json.loads(stdout)
     assert (answer["answer"], answer["start"]) == ("oslo", len("the model reads text . erin lives in "))
 
+    code, stdout, err = cli("eval", out, "--data", qa_runs["dev"])
+    assert code == 0, err
+    assert f"{results['dev']['exact_match']:.1f}"[:3] in stdout
+    code, stdout, err = cli("qa", out, "--input", qa_runs["dev"], "--output", tmp_path / "answers.jsonl")
+    assert code == 0, err
+    answers = [json.loads(ln) for ln in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 40 and {"id", "question", "answer", "score", "start", "end"} <= set(answers[0])
+
 
 def test_qa_refuses_bad_files_in_one_line(qa_runs, tmp_path, cli):
     bad = tmp_path / "bad.jsonl"
