@@ -6,8 +6,8 @@ several machines); ```console and ```python blocks are shown output or snippets,
 are run when preceded by `<!-- run -->`).
 
 The examples assume a user's own files; the test writes small stand-ins first: notes.txt (lines of
-text), sst2/train.tsv and sst2/dev.tsv (GLUE layout: sentence<TAB>label), reviews.tsv and cmn.txt
-(Tatoeba layout: English<TAB>Chinese<TAB>attribution).
+text), sst2/train.tsv and sst2/dev.tsv (GLUE layout: sentence<TAB>label), reviews.tsv, cmn.txt
+(Tatoeba layout: English<TAB>Chinese<TAB>attribution), conll/ (CoNLL-2003 layout) and squad/ (SQuAD v1.1).
 """
 
 from __future__ import annotations
@@ -85,6 +85,39 @@ def user_files(folder: Path) -> None:
         words = rng.sample(list(english), rng.randint(4, 9))
         lines.append(f"{' '.join(words).capitalize()}.\t{''.join(english[w] for w in words)}。\tCC-BY 2.0 #{n}")
     (folder / "cmn.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    conll_and_squad(folder, rng)
+
+
+def conll_and_squad(folder: Path, rng: random.Random) -> None:
+    """conll/train.txt, conll/dev.txt (CoNLL-2003 layout, IOB1) and squad/train.json, squad/dev.json (v1.1)."""
+    import json
+
+    people, places = ["Alice Smith", "Bob", "Carol Jones", "Dave"], ["Paris", "New York", "London", "Rome"]
+
+    def conll(n: int) -> str:
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for _ in range(n):
+            person, place = rng.choice(people).split(), rng.choice(places).split()
+            words = [*person, "flew", "to", *place, "today"]
+            tags = ["I-PER"] * len(person) + ["O", "O"] + ["I-LOC"] * len(place) + ["O"]
+            lines += [f"{w} NNP I-NP {t}" for w, t in zip(words, tags)] + [""]
+        return "\n".join(lines) + "\n"
+
+    def squad(n: int) -> str:
+        paragraphs = []
+        for i in range(n):
+            person, place = rng.choice(people), rng.choice(places)
+            context = f"The story is short. {person} lives in {place} now."
+            paragraphs.append({"context": context, "qas": [{"id": f"q{i}", "question": f"Where does {person} live?",
+                                                            "answers": [{"text": place,
+                                                                         "answer_start": context.index(place)}]}]})
+        return json.dumps({"version": "1.1", "data": [{"title": "toy", "paragraphs": paragraphs}]})
+
+    for name, n in (("train", 200), ("dev", 40)):
+        (folder / "conll").mkdir(exist_ok=True)
+        (folder / "conll" / f"{name}.txt").write_text(conll(n))
+        (folder / "squad").mkdir(exist_ok=True)
+        (folder / "squad" / f"{name}.json").write_text(squad(n))
 
 
 @pytest.mark.slow
