@@ -56,16 +56,30 @@ _OWN_FLAGS = {"from_run": "from_run", "train_file": "train", "dev_file": "dev", 
 
 
 def _finetune_fields() -> dict[str, dataclasses.Field]:
+    return {name: fields[0][1] for name, fields in _finetune_defaults().items()}
+
+
+def _finetune_defaults() -> dict[str, list[tuple[str, dataclasses.Field]]]:
+    """Each [finetune] key -> (task, field) for every fine-tuning task that has it."""
     from lmforge.tasks import TASKS
 
-    out: dict[str, dataclasses.Field] = {}
-    for task in TASKS.values():
+    out: dict[str, list[tuple[str, dataclasses.Field]]] = {}
+    for name, task in TASKS.items():
         section = {f.name: f for f in dataclasses.fields(task.config_class)}.get("finetune")
         if section is not None:
             for f in dataclasses.fields(section.default_factory()):
                 if f.name not in _OWN_FLAGS:
-                    out.setdefault(f.name, f)
+                    out.setdefault(f.name, []).append((name, f))
     return out
+
+
+def _default_help(fields: list[tuple[str, dataclasses.Field]]) -> str | None:
+    """'(default X)', or each task's default where they differ."""
+    values = {task: f.default for task, f in fields}
+    if len(set(map(repr, values.values()))) == 1:
+        default = next(iter(values.values()))
+        return f"(default {default!r})" if default != "" else None
+    return "(default: " + ", ".join(f"{task} {v!r}" for task, v in values.items()) + ")"
 
 
 def _flag_values(args: argparse.Namespace) -> dict:
@@ -129,14 +143,15 @@ def register(sub, finetune_flags: bool = True) -> None:
     add_skip_damaged(p)
     add_config_args(p, "TOML file with a [finetune] section")
     add_nproc(p)
-    for name, f in (_finetune_fields() if finetune_flags else {}).items():
+    for name, fields in (_finetune_defaults() if finetune_flags else {}).items():
+        f = fields[0][1]
         default = f.default
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         if isinstance(default, bool):
             p.add_argument(*flags, dest=f"ft_{name}", action="store_true", default=None)
         else:
             p.add_argument(*flags, dest=f"ft_{name}", type=type(default), default=None, metavar="V",
-                           help=f"(default {default!r})" if default != "" else None)
+                           help=_default_help(fields))
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("quickstart", help="the whole pipeline on the Python docs, offline, on CPU, in minutes")

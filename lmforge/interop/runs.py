@@ -271,7 +271,7 @@ def resolve_run(path: str | Path) -> Path:
         if f.is_file():
             stamp.append(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}")
     key = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:12]
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text[len(HF_PREFIX):].strip("/")).strip("_.")[-60:] or "model"
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text[len(HF_PREFIX):].strip("/"))[-60:].strip("_.") or "model"
     run_dir = cache_root() / f"{name}-{key}"
     if not (run_dir / "config.toml").is_file():
         import_hf(folder, run_dir, overwrite=True, quiet=True)

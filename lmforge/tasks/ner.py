@@ -52,15 +52,16 @@ class NerArgs(FinetuneConfig):
     """The files' tagging scheme (auto detects it); tags are converted to IOB2 for training and scoring."""
     label_all_subwords: bool = False
     """Train on every token of a word (later ones tagged I-), not only the first."""
-    stride: int = 32
-    """Tokens shared by consecutive windows of a sentence longer than max_length."""
+    stride: int = -1
+    """Tokens shared by consecutive windows of a sentence longer than max_length; -1: 32, or half of a
+    window's text tokens when that is less (a small model's short windows)."""
     classifier_dropout: float = 0.1
     metric_for_best_model: Literal["f1", "accuracy", "loss"] = "f1"
     """Dev metric that picks the best checkpoint: entity F1 (seqeval, strict IOB2), word accuracy or loss."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.stride >= 0, "finetune.stride", "must be >= 0")
+        check(self.stride >= -1, "finetune.stride", "must be >= 0 (or -1: automatic)")
         check(0.0 <= self.classifier_dropout < 1.0, "finetune.classifier_dropout", "must be in [0, 1)")
 
 
@@ -99,14 +100,22 @@ def encode(data, tok, cfg: NerConfig, labels: list[str] | None, say=None) -> Spl
         per_token = [token_labels(a, [index[t] for t in tags], labels, ft.label_all_subwords)
                      for a, tags in zip(aligned, data.tags)]
     length = max_length_of(cfg)
-    stride = min(ft.stride, max(0, length - 2 - 8))  # a short max_length keeps some new tokens per window
-    windows = make_windows(aligned, per_token, length, stride, cfg.model.input_format, tok.cls_id, tok.sep_id)
+    windows = make_windows(aligned, per_token, length, stride_of(cfg), cfg.model.input_format, tok.cls_id,
+                           tok.sep_id)
     if say is not None:
         split = np.bincount(windows.sentence, minlength=len(data))
         longer = int((split > 1).sum())
-        say(data.describe() + (f"; {longer} sentences longer than {length} tokens split into overlapping windows"
+        say(data.describe() + (f"; {longer} sentence{'s' if longer > 1 else ''} longer than {length} tokens split "
+                               "into overlapping windows"
                                if longer else ""))
     return Split(data, aligned, windows, data.tags)
+
+
+def stride_of(cfg: NerConfig) -> int:
+    if cfg.finetune.stride >= 0:
+        return cfg.finetune.stride
+    text_tokens = max_length_of(cfg) - (0 if cfg.model.input_format == "plain" else 2)
+    return min(32, text_tokens // 2)
 
 
 def collate(windows, index: np.ndarray, pad_id: int, token_types: bool) -> dict[str, torch.Tensor]:
@@ -322,8 +331,7 @@ def ner(run: LoadedRun, texts: Sequence[str], aggregation: Literal["first", "sim
     spans = [text_words(t) for t in texts]
     aligned: list[Aligned] = align(tok, list(texts), spans)
     length = max_length_of(cfg)
-    windows = make_windows(aligned, None, length, min(cfg.finetune.stride, max(0, length - 10)),
-                           cfg.model.input_format, tok.cls_id, tok.sep_id)
+    windows = make_windows(aligned, None, length, stride_of(cfg), cfg.model.input_format, tok.cls_id, tok.sep_id)
     split = Split(None, aligned, windows, None)
     logp, _, _ = window_logits(run.model, split, batch_size, tok.pad_id, cfg.model.token_types, None)
     if aggregation == "first":
