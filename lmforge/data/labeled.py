@@ -291,16 +291,22 @@ def _truncate(x: list[int], y: list[int], budget: int) -> tuple[list[int], list[
     return x[:nx], y[:ny]
 
 
+def pad_right(seqs: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sequences padded on the right to the longest: ids and attention mask (1 on real tokens), (B, T) each."""
+    T = max(len(x) for x in seqs)
+    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)  # (B, T)
+    mask = np.zeros((len(seqs), T), dtype=np.int64)  # (B, T)
+    for r, x in enumerate(seqs):
+        ids[r, :len(x)] = x
+        mask[r, :len(x)] = 1
+    return ids, mask
+
+
 def collate(enc: Encoded, index: np.ndarray, labels: np.ndarray | None, pad_id: int,
             token_types: bool) -> dict[str, torch.Tensor]:
     """Examples `index` padded on the right to the longest: input_ids, attention_mask (B, T), labels (B,)."""
-    seqs = [enc.ids[i] for i in index]
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)  # (B, T)
-    mask = np.zeros((len(seqs), T), dtype=np.int64)  # (B, T)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)] = s
-        mask[r, :len(s)] = 1
+    ids, mask = pad_right([enc.ids[i] for i in index], pad_id)
+    T = ids.shape[1]
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if token_types:
         types = (np.arange(T)[None, :] >= enc.segment_starts[index][:, None]) & (mask == 1)  # (B, T)
@@ -348,6 +354,19 @@ class EpochOrder:
         if (k + 1) * b > self.batch_size:
             raise ValueError(f"micro-batch {micro} of rank {rank} lies outside a batch of {self.batch_size}")
         return self.indices(step)[k * b:(k + 1) * b]
+
+
+class IndexedBatches:
+    """Training batches of n items (windows of NER sentences, of QA contexts): `collate(index)` of the
+    items EpochOrder picks for each micro-batch."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, collate_fn) -> None:
+        self.collate = collate_fn
+        self.order = EpochOrder(n, batch_size, seed)
+
+    def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
+            micro_batch: int | None = None) -> dict[str, torch.Tensor]:
+        return self.collate(self.order.share(step, micro, rank, world, micro_batch))
 
 
 class LabeledBatches:

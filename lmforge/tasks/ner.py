@@ -120,38 +120,19 @@ def stride_of(cfg: NerConfig) -> int:
 
 def collate(windows, index: np.ndarray, pad_id: int, token_types: bool) -> dict[str, torch.Tensor]:
     """Windows `index` padded on the right: input_ids, attention_mask (B, T), labels (B, T) when known."""
+    from lmforge.data.labeled import pad_right
     from lmforge.objectives import IGNORE
 
-    seqs = [windows.ids[i] for i in index]
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)  # (B, T)
-    mask = np.zeros((len(seqs), T), dtype=np.int64)  # (B, T)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)], mask[r, :len(s)] = s, 1
+    ids, mask = pad_right([windows.ids[i] for i in index], pad_id)
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if token_types:
         batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
     if windows.labels is not None:
-        labels = np.full((len(seqs), T), IGNORE, dtype=np.int64)  # (B, T)
+        labels = np.full(ids.shape, IGNORE, dtype=np.int64)  # (B, T)
         for r, i in enumerate(index):
             labels[r, :len(windows.labels[i])] = windows.labels[i]
         batch["labels"] = torch.from_numpy(labels)
     return batch
-
-
-class WindowBatches:
-    """Training batches of windows: a seeded permutation per epoch (labeled.EpochOrder)."""
-
-    def __init__(self, windows, batch_size: int, seed: int, pad_id: int, token_types: bool) -> None:
-        from lmforge.data.labeled import EpochOrder
-
-        self.windows, self.pad_id, self.token_types = windows, pad_id, token_types
-        self.order = EpochOrder(len(windows.ids), batch_size, seed)
-
-    def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
-            micro_batch: int | None = None) -> dict[str, torch.Tensor]:
-        return collate(self.windows, self.order.share(step, micro, rank, world, micro_batch), self.pad_id,
-                       self.token_types)
 
 
 @torch.no_grad()
@@ -214,6 +195,7 @@ def score(model, split: Split, labels: list[str], ft: NerArgs, pad_id: int, toke
 
 def prepare(cfg: NerConfig, runtime: Runtime, run_dir: Path, resume: bool, source: Source | None,
             say) -> TaskData:
+    from lmforge.data.labeled import IndexedBatches
     from lmforge.data.tags import build_tag_set, check_tags, read_tagged
     from lmforge.extras import require
     from lmforge.objectives import token_classification_loss
@@ -238,7 +220,8 @@ def prepare(cfg: NerConfig, runtime: Runtime, run_dir: Path, resume: bool, sourc
             splits[name] = encode(data, tok, cfg, labels, say)
     cfg = with_loop(cfg, len(train_split.windows.ids), runtime.world_size)
     types = cfg.model.token_types
-    batches = WindowBatches(train_split.windows, cfg.train.batch_size, ft.seed, tok.pad_id, types)
+    batches = IndexedBatches(len(train_split.windows.ids), cfg.train.batch_size, ft.seed,
+                             lambda index: collate(train_split.windows, index, tok.pad_id, types))
 
     def during(model) -> dict:
         m, _ = score(runtime.unwrap(model), splits["dev"], labels, ft, tok.pad_id, types, runtime)

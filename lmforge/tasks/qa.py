@@ -105,12 +105,10 @@ def doc_stride(cfg: QAConfig) -> int:
 
 def collate(feats, index: np.ndarray, pad_id: int, token_types: bool, positions: bool) -> dict[str, torch.Tensor]:
     """Windows `index` padded on the right: input_ids, attention_mask (B, T), start/end positions (B,)."""
-    seqs = [feats.ids[i] for i in index]
-    T = max(len(s) for s in seqs)
-    ids = np.full((len(seqs), T), pad_id, dtype=np.int64)  # (B, T)
-    mask = np.zeros((len(seqs), T), dtype=np.int64)  # (B, T)
-    for r, s in enumerate(seqs):
-        ids[r, :len(s)], mask[r, :len(s)] = s, 1
+    from lmforge.data.labeled import pad_right
+
+    ids, mask = pad_right([feats.ids[i] for i in index], pad_id)
+    T = ids.shape[1]
     batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
     if token_types:
         types = (np.arange(T)[None, :] >= feats.segment_starts[index][:, None]) & (mask == 1)  # (B, T)
@@ -119,21 +117,6 @@ def collate(feats, index: np.ndarray, pad_id: int, token_types: bool, positions:
         batch["start_positions"] = torch.from_numpy(feats.start_positions[index].astype(np.int64))
         batch["end_positions"] = torch.from_numpy(feats.end_positions[index].astype(np.int64))
     return batch
-
-
-class FeatureBatches:
-    """Training batches of windows: a seeded permutation per epoch (labeled.EpochOrder)."""
-
-    def __init__(self, feats, batch_size: int, seed: int, pad_id: int, token_types: bool) -> None:
-        from lmforge.data.labeled import EpochOrder
-
-        self.feats, self.pad_id, self.token_types = feats, pad_id, token_types
-        self.order = EpochOrder(len(feats.ids), batch_size, seed)
-
-    def get(self, step: int, micro: int = 0, rank: int = 0, world: int = 1,
-            micro_batch: int | None = None) -> dict[str, torch.Tensor]:
-        return collate(self.feats, self.order.share(step, micro, rank, world, micro_batch), self.pad_id,
-                       self.token_types, True)
 
 
 @torch.no_grad()
@@ -189,6 +172,7 @@ def _describe(data, feats, cfg: QAConfig) -> str:
 
 def prepare(cfg: QAConfig, runtime: Runtime, run_dir: Path, resume: bool, source: Source | None,
             say) -> TaskData:
+    from lmforge.data.labeled import IndexedBatches
     from lmforge.data.squad import read_qa
     from lmforge.objectives import span_loss
 
@@ -209,7 +193,8 @@ def prepare(cfg: QAConfig, runtime: Runtime, run_dir: Path, resume: bool, source
             splits[name] = (data, feats)
     cfg = with_loop(cfg, len(train_feats.ids), runtime.world_size)
     types = cfg.model.token_types
-    batches = FeatureBatches(train_feats, cfg.train.batch_size, ft.seed, tok.pad_id, types)
+    batches = IndexedBatches(len(train_feats.ids), cfg.train.batch_size, ft.seed,
+                             lambda index: collate(train_feats, index, tok.pad_id, types, True))
 
     def during(model) -> dict:
         data, feats = splits["dev"]
