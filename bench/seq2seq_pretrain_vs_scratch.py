@@ -144,6 +144,9 @@ def main() -> None:
         lmforge("pretrain", "--config", "t5-tiny", "--data", work / "shards", "--out", work / "pretrained", "--set",
                 f"train.max_steps={args.pretrain_steps}", "--set", "train.progress=false", log=log)
     print(f"data, tokenizer and pretraining: {time.time() - t0:.0f} s")
+    n_train = len(splits["train"].read_text(encoding="utf-8").splitlines()) - 1
+    steps = int(args.epochs * -(-n_train // args.batch_size))
+    warmup = 200 if steps >= 1000 else steps // 10  # a short run (LCSTS) warms up for a tenth of it
     results: dict[str, list[dict]] = {"scratch": [], "pretrained": []}
     for seed in args.seeds:
         for arm in results:
@@ -154,7 +157,7 @@ def main() -> None:
             if not (out / "eval_results.json").exists():
                 lmforge("finetune", "--task", "seq2seq", "--from", source, "--train", splits["train"], "--dev",
                         splits["dev"], "--test", splits["test"], "--out", out, "--overwrite", "--seed", seed,
-                        "--num_train_epochs", args.epochs, "--learning_rate", args.lr, "--warmup_steps", 200,
+                        "--num_train_epochs", args.epochs, "--learning_rate", args.lr, "--warmup_steps", warmup,
                         "--per_device_train_batch_size", args.batch_size, "--max_target_length",
                         args.max_target_length, "--source_prefix", PREFIX[args.dataset], "--num_beams", 4,
                         "--quiet", log=log)
