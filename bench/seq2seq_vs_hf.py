@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_real_checkpoint import steady  # noqa: E402
 from seq2seq_pretrain_vs_scratch import PREFIX, lmforge, scratch_run, split_cmn  # noqa: E402
 
 
@@ -105,16 +106,6 @@ def run_lmforge(a: argparse.Namespace) -> dict:
     results = json.loads((Path(a.out) / "eval_results.json").read_text())
     return {"exit": code, "logged": {x["step"]: x["elapsed"] for x in logs if "elapsed" in x}, "steps": a.steps,
             "dev": results["dev"], "test": results["test"]}
-
-
-def steady(result: dict, skip: int, batch: int) -> float:
-    steps = result["steps"]
-    if "stamps" in result:
-        s = result["stamps"]
-        return (steps - skip) * batch / (s[steps - 1] - s[skip - 1])
-    t = {int(k): v for k, v in result["logged"].items()}
-    last = max(k for k in t if k <= steps)
-    return (last - skip) * batch / (t[last] - t[skip])
 
 
 def decode_speed(a: argparse.Namespace) -> dict:

@@ -9,19 +9,14 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA
 
-from lmforge.data.tags import (
+from lmforge.data.tags import build_tag_set, check_tags, detect_scheme, iob2_to, read_tagged, to_iob2
+from lmforge.data.word_tokens import (
     IGNORE,
     Aligned,
     align,
-    build_tag_set,
-    check_tags,
-    detect_scheme,
-    iob2_to,
     make_windows,
     merge_windows,
-    read_tagged,
     text_words,
-    to_iob2,
     token_labels,
     word_predictions,
     words_to_text,

@@ -76,7 +76,7 @@ class Split:
 
     data: object  # tags.TaggedData
     aligned: list
-    windows: object  # tags.Windows
+    windows: object  # word_tokens.Windows
     gold: list[list[str]] | None
 
 
@@ -89,7 +89,7 @@ def _check_model(cfg: NerConfig) -> None:
 
 
 def encode(data, tok, cfg: NerConfig, labels: list[str] | None, say=None) -> Split:
-    from lmforge.data.tags import align, make_windows, token_labels, words_to_text
+    from lmforge.data.word_tokens import align, make_windows, token_labels, words_to_text
 
     ft = cfg.finetune
     texts, spans = zip(*[words_to_text(w, data.joiner) for w in data.words]) if len(data) else ((), ())
@@ -167,7 +167,7 @@ def window_logits(model, split: Split, batch_size: int, pad_id: int, token_types
 
 def word_tags(split: Split, logp: list[np.ndarray], labels: list[str]) -> tuple[list[list[str]], list[list[float]]]:
     """Each sentence's predicted tag per word (its first token's) and that tag's probability."""
-    from lmforge.data.tags import merge_windows, word_predictions
+    from lmforge.data.word_tokens import merge_windows, word_predictions
 
     merged = merge_windows(split.windows, logp, [len(a.ids) for a in split.aligned])
     tags, probs = [], []
@@ -299,11 +299,11 @@ def ner(run: LoadedRun, texts: Sequence[str], aggregation: Literal["first", "sim
         batch_size: int = 64) -> list[list[dict]]:
     """Entities of each raw text: [{"entity", "text", "start", "end", "score"}] with character spans.
 
-    first: words (data/tags.text_words: letter/digit runs, each other symbol and each CJK character) take
+    first: words (data/word_tokens.text_words: letter/digit runs, each other symbol and each CJK character) take
     the tag of their first token, as training labels them. simple: each token its own tag, grouped as
     transformers' token-classification pipeline does with aggregation_strategy="simple".
     """
-    from lmforge.data.tags import Aligned, align, make_windows, text_words
+    from lmforge.data.word_tokens import Aligned, align, make_windows, text_words
 
     if run.task.name != "ner":
         raise LmforgeError(f"{run.run_dir} is a {run.task.name} run, not a token classifier: ner needs the --out "
@@ -320,7 +320,7 @@ def ner(run: LoadedRun, texts: Sequence[str], aggregation: Literal["first", "sim
     if aggregation == "first":
         tags, probs = word_tags(split, logp, labels)
         return [_entities(t, s, p, text) for t, s, p, text in zip(tags, spans, probs, texts)]
-    from lmforge.data.tags import merge_windows
+    from lmforge.data.word_tokens import merge_windows
 
     out = []
     for a, scores, text in zip(aligned, merge_windows(windows, logp, [len(a.ids) for a in aligned]), texts):
