@@ -11,15 +11,17 @@ path with their own way of naming the source; `evaluate_run` is `lmforge eval` f
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from lmforge import runs
 from lmforge.config import read_toml, resolve_preset, to_dict
 from lmforge.errors import Interrupted, LmforgeError
-from lmforge.tasks import LoadedRun, Source, get_task, load_config, load_run, read_config
+from lmforge.tasks import LoadedRun, Source, TaskData, get_task, load_config, load_run, read_config
 from lmforge.tasks.finetuning import refuse_covered
 
 MUTABLE_MODEL_KEYS = ("dropout", "attn_dropout")
@@ -37,9 +39,14 @@ def _silent(message: str) -> None:
 
 
 def train_run(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool = False,
-              source: Source | None = None, skip_damaged: bool = False) -> dict[str, Any]:
+              source: Source | None = None, skip_damaged: bool = False,
+              adapt: Callable[[nn.Module, TaskData], TaskData] | None = None) -> dict[str, Any]:
     """Train `cfg.task` as `cfg` says into run folder `out`; `resume` continues its latest checkpoint
     (`skip_damaged`: the newest intact one).
+
+    `adapt(model, data) -> data` (compress/: distillation, recovery after pruning) runs once the model is
+    built, before the run folder is made: it may set the model's starting weights and return the task's
+    data with another objective or more run files. A run made that way cannot be resumed.
 
     Under torchrun every process runs this: they split each step's batch and the evaluation data, and
     only rank 0 writes files and prints, holding the folder's lock for the whole run (a second writer of
@@ -58,6 +65,11 @@ def train_run(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool =
     with locked(out) if rank0 else contextlib.nullcontext():
         if resume and not (out / runs.CONFIG).is_file():
             raise LmforgeError(f"cannot resume {out}: it has no config.toml (start it without --resume)")
+        if resume and (out / runs.COMPRESSION).is_file():
+            made = runs.read_json(out, runs.COMPRESSION)
+            raise LmforgeError(f"cannot resume {out}: `lmforge compress {made.get('method', '?')}` made it from "
+                               f"{made.get('from', '?')} and holds no training state to resume; run that "
+                               "command again (or train a new run from it with --init-from / finetune --from)")
         if not resume:
             runs.check_new(out, overwrite)
         elif rank0:
@@ -66,13 +78,13 @@ def train_run(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool =
             _check_source_model(cfg.model, source)
         runtime = setup_runtime(cfg.runtime)
         try:
-            return _train(task, cfg, out, runtime, resume, overwrite, source, skip_damaged)
+            return _train(task, cfg, out, runtime, resume, overwrite, source, skip_damaged, adapt)
         finally:
             runtime.close()
 
 
 def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source: Source | None,
-           skip_damaged: bool) -> dict:
+           skip_damaged: bool, adapt=None) -> dict:
     from lmforge.checkpoint import find_checkpoint, load_weights
     from lmforge.config import save_config
     from lmforge.train import resume_point, train
@@ -86,6 +98,8 @@ def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source:
     model = task.build_model(cfg, data.files)
     if source is not None and not resume:
         load_weights(source.checkpoint, model.backbone if task.head else model)
+    if adapt is not None:
+        data = adapt(model, data)
     if runtime.is_main:
         if resume:
             save_config(cfg, out / runs.CONFIG)  # records --set changes (e.g. more steps)

@@ -36,6 +36,8 @@ CONFIG = "config.toml"
 TOKENIZER = "tokenizer"
 INIT_FROM = "init_from.json"
 RESULTS = "eval_results.json"
+COMPRESSION = "compression.json"
+"""What `lmforge compress` made a run from, and how (distill, prune, quantize)."""
 
 
 @dataclass(frozen=True)
