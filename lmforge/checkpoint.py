@@ -234,6 +234,8 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
 def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu") -> None:
     path = Path(ckpt) / "model.safetensors"
     check_intact(Path(ckpt), ("model.safetensors",))
+    if read_meta(Path(ckpt)).get("quantization"):
+        return _load_quantized(path, model, read_meta(Path(ckpt))["quantization"])
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
     except RuntimeError as e:  # shape mismatches
@@ -243,6 +245,27 @@ def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu
     if missing or unexpected:
         raise LmforgeError(f"{path} does not fit the model of config.toml (missing {sorted(missing)[:3]}, "
                            f"unexpected {sorted(unexpected)[:3]}): was the config edited?")
+
+
+def _load_quantized(path: Path, model: nn.Module, how: dict) -> None:
+    """Weights saved by `lmforge compress quantize`: torchao tensors flattened into safetensors, put in
+    place of the model's fp32 parameters (they only run inference, on the CPU)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from lmforge.extras import import_torchao, require
+
+    require("torchao", f"{path} (quantized {how.get('scheme', '')})")
+    import_torchao()
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    state, leftover = unflatten_tensor_state_dict(load_file(str(path)), metadata)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected or leftover:
+        raise LmforgeError(f"{path} does not fit the model of config.toml (missing {sorted(missing)[:3]}, "
+                           f"unexpected {sorted(unexpected or leftover)[:3]}): was the config edited?")
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Any = None, scaler: Any = None,

@@ -14,7 +14,7 @@ from lmforge.errors import LmforgeError
 
 EXTRA_OF = {"matplotlib": "plot", "tensorboard": "tensorboard", "transformers": "hf", "datasets": "hf",
             "huggingface_hub": "hf", "pyarrow": "parquet", "datasketch": "dedup",
-            "sacrebleu": "seq2seq", "rouge_score": "seq2seq", "seqeval": "ner"}
+            "sacrebleu": "seq2seq", "rouge_score": "seq2seq", "seqeval": "ner", "torchao": "compress"}
 """Optional top-level package -> the lmforge extra that installs it."""
 
 
@@ -39,3 +39,24 @@ def require(package: str, what: str) -> None:
 def skipped(package: str, what: str) -> str:
     """The one line that says an optional part was left out, and how to get it."""
     return f"{what} skipped: {package} is not installed ({install_line(package)})"
+
+
+def import_torchao():
+    """torchao without its start-up noise: it logs every optional GPU kernel it cannot load on a CPU
+    machine, and warns about compile caching of its int8 tensors on each compile."""
+    import logging
+    import warnings
+
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        import torchao
+        import torchao.prototype.safetensors.safetensors_support  # noqa: F401 - both register types on import
+        import torchao.quantization  # noqa: F401
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+    warnings.filterwarnings("ignore", message=r".*_stable_hash_for_caching")
+    return torchao

@@ -68,8 +68,8 @@ def train_run(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool =
         if resume and (out / runs.COMPRESSION).is_file():
             made = runs.read_json(out, runs.COMPRESSION)
             raise LmforgeError(f"cannot resume {out}: `lmforge compress {made.get('method', '?')}` made it from "
-                               f"{made.get('from', '?')} and holds no training state to resume; run that "
-                               "command again (or train a new run from it with --init-from / finetune --from)")
+                               f"{made.get('from', '?')} and holds no training state to resume: run that "
+                               "command again")
         if not resume:
             runs.check_new(out, overwrite)
         elif rank0:
@@ -161,9 +161,14 @@ def _check_source_model(model, source: Source) -> None:
 
 
 def source_of(run: str | Path, checkpoint: str = "best") -> Source:
-    from lmforge.checkpoint import find_checkpoint
+    from lmforge.checkpoint import find_checkpoint, read_meta
 
-    return Source(Path(run), find_checkpoint(Path(run), checkpoint))
+    ckpt = find_checkpoint(Path(run), checkpoint)
+    quantization = read_meta(ckpt).get("quantization")
+    if quantization:
+        raise LmforgeError(f"{run} is quantized ({quantization['scheme']}, for inference only) and cannot be "
+                           f"trained from: start from the run it was made from ({quantization.get('from', '?')})")
+    return Source(Path(run), ckpt)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -162,10 +162,12 @@ def _fill(folder: Path, cfg: Any, tok, files: dict[str, Any] | None) -> None:
 
 
 def save_run(out: str | Path, model, tok, cfg: Any, step: int = 0, overwrite: bool = False,
-             meta: dict | None = None, files: dict[str, Any] | None = None) -> Path:
+             meta: dict | None = None, files: dict[str, Any] | None = None,
+             tensors: tuple[dict, dict] | None = None) -> Path:
     """A run folder with `model` as its one checkpoint (weights only, no optimizer state), atomically:
-    how imported and transformed models become runs that every command takes."""
-    from safetensors.torch import save_model
+    how imported and transformed models become runs that every command takes. `tensors` (tensors,
+    metadata) replaces the model's own state (a quantized model's flattened tensors)."""
+    from safetensors.torch import save_file, save_model
 
     from lmforge.checkpoint import checkpoint_dir, write_meta
 
@@ -174,7 +176,10 @@ def save_run(out: str | Path, model, tok, cfg: Any, step: int = 0, overwrite: bo
         _fill(tmp, cfg, tok, files)
         ckpt = checkpoint_dir(tmp, step)
         ckpt.mkdir(parents=True)
-        save_model(model, str(ckpt / "model.safetensors"))
+        if tensors is None:
+            save_model(model, str(ckpt / "model.safetensors"))
+        else:
+            save_file(tensors[0], str(ckpt / "model.safetensors"), metadata=tensors[1])
         shutil.copy2(tmp / CONFIG, ckpt / CONFIG)
         shutil.copytree(tmp / TOKENIZER, ckpt / TOKENIZER)
         write_meta(ckpt, {"step": step, "tokens": 0, "val_loss": None, **(meta or {})})

@@ -39,6 +39,7 @@ def export_hf(run: str | Path, out: str | Path, checkpoint: str = "best", overwr
 
     run_dir, out = resolve_run(run), Path(out)
     run_cfg = read_config(run_dir)
+    _refuse_quantized(run_dir, checkpoint, skip_damaged)
     if run_cfg.task in token_heads.HEADS:
         return token_heads.export(run_dir, out, checkpoint, overwrite, skip_damaged)
     if get_task(run_cfg.task).head:
@@ -75,6 +76,16 @@ def _decoding(run_cfg) -> dict:
     d = run_cfg.finetune.decoding()
     return {"max_new_tokens": d.max_new_tokens, "num_beams": d.num_beams, "length_penalty": d.length_penalty,
             "no_repeat_ngram_size": d.no_repeat_ngram_size, "early_stopping": d.early_stopping, "do_sample": False}
+
+
+def _refuse_quantized(run_dir: Path, checkpoint: str, skip_damaged: bool) -> None:
+    from lmforge.checkpoint import find_checkpoint, read_meta
+
+    how = read_meta(find_checkpoint(run_dir, checkpoint, skip_damaged)).get("quantization")
+    if how:
+        raise LmforgeError(f"{run_dir} is quantized ({how['scheme']}, {how.get('library', 'torchao')}): transformers "
+                           f"has no layout for its int8 tensors; export the run it was made from ({how.get('from')}) "
+                           "and quantize on the transformers side")
 
 
 def _export_classifier(run_dir: Path, out: Path, checkpoint: str, overwrite: bool, skip_damaged: bool) -> Path:

@@ -101,9 +101,22 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
     task = get_task(cfg.task)
     files = {name: runs.read_json(run_dir, name) for name in task.files}
     ckpt = find_checkpoint(run_dir, checkpoint, skip_damaged)
+    meta = read_meta(ckpt)
+    quantization = meta.get("quantization")
+    if quantization and resolve_device(device).type != "cpu":
+        raise LmforgeError(f"{run_dir} is quantized for CPU inference ({quantization['scheme']}): use --device cpu")
     model = task.build_model(cfg, files).to(resolve_device(device))
     load_weights(ckpt, model, next(model.parameters()).device)
     model.eval()
-    meta = read_meta(ckpt)
+    if quantization and quantization.get("compile"):  # torchao's int8 kernels pay only when compiled
+        compile_forward(model)
     return LoadedRun(model, runs.checkpoint_tokenizer(run_dir, ckpt), cfg, run_dir, int(meta["step"]), ckpt, task,
-                     files, tuple(meta.get("fresh", ())))
+                     files, tuple(meta.get("fresh", ())), quantization)
+
+
+def compile_forward(model):
+    """Compile `model.forward` in place (the module keeps its type and attributes); shapes may vary."""
+    import torch
+
+    model.forward = torch.compile(model.forward, dynamic=True)
+    return model

@@ -89,6 +89,8 @@ class LoadedRun:
     untrained: tuple[str, ...] = ()
     """Parameters the checkpoint holds only as a fresh initialisation (an imported checkpoint's missing
     head: import-hf records them)."""
+    quantization: dict | None = None
+    """How `lmforge compress quantize` made its int8 weights (scheme, library, compile); None for fp32."""
 
     def untrained_lm_head(self) -> list[str]:
         """The language-model head's parameters that were never trained (empty for a trained LM)."""
