@@ -46,7 +46,9 @@ def train_run(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool =
 
     `adapt(model, data) -> data` (compress/: distillation, recovery after pruning) runs once the model is
     built, before the run folder is made: it may set the model's starting weights and return the task's
-    data with another objective or more run files. A run made that way cannot be resumed.
+    data with another objective or more run files. A run made that way cannot be resumed. With `adapt`,
+    `source` is the run the new one is made from (the task reads its tokenizer) but adapt owns the weights:
+    the source's are not loaded, nor its model imposed (a distilled or pruned model is smaller).
 
     Under torchrun every process runs this: they split each step's batch and the evaluation data, and
     only rank 0 writes files and prints, holding the folder's lock for the whole run (a second writer of
@@ -74,7 +76,7 @@ def train_run(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool =
             runs.check_new(out, overwrite)
         elif rank0:
             clean_stale(out)
-        if source is not None:
+        if source is not None and adapt is None:
             _check_source_model(cfg.model, source)
         runtime = setup_runtime(cfg.runtime)
         try:
@@ -96,7 +98,7 @@ def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source:
         resume_point(out, cfg.train, skip_damaged)  # refuse a damaged or lost history before writing anything
     torch.manual_seed(cfg.train.seed)
     model = task.build_model(cfg, data.files)
-    if source is not None and not resume:
+    if source is not None and not resume and adapt is None:
         load_weights(source.checkpoint, model.backbone if task.head else model)
     if adapt is not None:
         data = adapt(model, data)
