@@ -157,3 +157,30 @@ def span_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
     loss_sum = (F.cross_entropy(start.float(), batch["start_positions"], reduction="sum")
                 + F.cross_entropy(end.float(), batch["end_positions"], reduction="sum")) / 2
     return loss_sum, torch.tensor(start.size(0), device=start.device), {}
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha_kl: float, alpha_task: float, alpha_cos: float = 0.0,
+                      student_hidden: torch.Tensor | None = None, teacher_hidden: torch.Tensor | None = None):
+    """Knowledge distillation, summed over the targets (labels != IGNORE); extras hold each part's sum.
+
+    Per target: `alpha_kl * T^2 * KL(softmax(t/T) || softmax(s/T)) + alpha_task * CE(s, label)
+    + alpha_cos * (1 - cos(h_s, h_t))`. Logits are (..., V) over labels (...,); the hidden states
+    (..., C) are what the heads read at the same targets. T^2 keeps the soft targets' gradient at the
+    scale of the hard ones whatever T (Hinton et al., 2015); the teacher's logits carry no gradient.
+    """
+    s, t = student_logits.flatten(0, -2).float(), teacher_logits.detach().flatten(0, -2).float()  # (N, V)
+    y = labels.flatten()  # (N,)
+    selected = y != IGNORE
+    log_s, log_t = F.log_softmax(s / temperature, dim=-1), F.log_softmax(t / temperature, dim=-1)
+    kl = (log_t.exp() * (log_t - log_s)).sum(-1)  # (N,)
+    kl_sum = torch.where(selected, kl, 0.0).sum() * temperature ** 2
+    ce_sum = F.cross_entropy(s, y, ignore_index=IGNORE, reduction="sum")
+    loss_sum = alpha_kl * kl_sum + alpha_task * ce_sum
+    extras = {"kl": kl_sum.detach(), "ce": ce_sum.detach()}
+    if alpha_cos:
+        hs, ht = student_hidden.flatten(0, -2).float(), teacher_hidden.detach().flatten(0, -2).float()  # (N, C)
+        cos_sum = torch.where(selected, 1.0 - F.cosine_similarity(hs, ht, dim=-1), 0.0).sum()
+        loss_sum = loss_sum + alpha_cos * cos_sum
+        extras["cos"] = cos_sum.detach()
+    return loss_sum, selected.sum(), extras
