@@ -16,7 +16,7 @@ from conftest import _WORDS, make_english, make_shards
 from lmforge.compress import distill as distill_mod
 from lmforge.compress.distill import DistillObjective, alternate_state, distill
 from lmforge.errors import LmforgeError
-from lmforge.models import BertConfig, GPTConfig, build_model
+from lmforge.models import BertConfig, GPTConfig, RNNConfig, build_model
 from lmforge.models.heads import SequenceClassifier
 from lmforge.objectives import IGNORE, distillation_loss
 from lmforge.tasks import load_run, read_config
@@ -134,6 +134,11 @@ def test_alternate_init_copies_teacher_layers_0_2_and_the_ends():
     assert torch.equal(s_cls.backbone.blocks[1].attn.query.weight, t_cls.backbone.blocks[2].attn.query.weight)
     assert torch.equal(s_cls.head.weight, t_cls.head.weight) and torch.equal(s_cls.backbone.pooler.weight,
                                                                             t_cls.backbone.pooler.weight)
+    rnn = RNNConfig(vocab_size=40, n_layer=3, d_embed=8, d_hidden=16, tie_embeddings=False)
+    t_rnn, s_rnn = SequenceClassifier(rnn, 2), SequenceClassifier(RNNConfig(**{**rnn.__dict__, "n_layer": 2}), 2)
+    state, why = alternate_state(s_rnn, t_rnn, head=True)
+    assert why == "" and torch.equal(state["backbone.rnn.weight_hh_l1"], t_rnn.backbone.rnn.weight_hh_l2)
+    assert torch.equal(state["backbone.rnn.weight_ih_l0"], t_rnn.backbone.rnn.weight_ih_l0)
     # what does not fit: another width, or more layers than every other one of the teacher's
     assert alternate_state(build_model(GPTConfig(**{**cfg.__dict__, "n_layer": 2, "d_model": 8})), teacher)[0] is None
     assert "up to layer 4" in alternate_state(build_model(GPTConfig(**{**cfg.__dict__, "n_layer": 3})),
@@ -201,6 +206,25 @@ def test_a_pretrained_student_run_gives_the_backbone_its_weights(teachers, tmp_p
     assert json.loads((out / "compression.json").read_text())["init"] == "run"
     started, pretrained = load_run(out).model.backbone.state_dict(), load_run(teachers["gpt"]).model.state_dict()
     assert all(torch.allclose(started[k], pretrained[k], atol=1e-6) for k in pretrained)
+
+
+def test_a_token_classifier_distills_per_token(teachers, tmp_path):
+    pytest.importorskip("seqeval")
+    from lmforge.pipeline import finetune, finetune_config
+
+    rng = random.Random(0)
+    for name, n in (("train", 32), ("dev", 8)):  # IOB2: "model" and "data" are the entities
+        sentences = [[rng.choice(_WORDS) for _ in range(rng.randint(3, 8))] for _ in range(n)]
+        (tmp_path / f"{name}.txt").write_text("\n\n".join("\n".join(f"{w} {'B-X' if w in ('model', 'data') else 'O'}"
+                                                                  for w in words) for words in sentences) + "\n")
+    cfg = finetune_config("ner", teachers["bert"], overrides=["train.progress=false"],
+                          flags={"train_file": str(tmp_path / "train.txt"), "dev_file": str(tmp_path / "dev.txt"),
+                                 "max_steps": 2, "per_device_train_batch_size": 8, "eval_steps": 2})
+    finetune(cfg, tmp_path / "ner")
+    out = tmp_path / "student"
+    result = distill(tmp_path / "ner", out, alpha_cos=0.5, overrides=["finetune.max_steps=1"], say=print)
+    assert "f1" in result["dev"] and read_config(out).model.n_layer == 1
+    assert load_run(out).files["tag_map.json"]["labels"] == load_run(tmp_path / "ner").files["tag_map.json"]["labels"]
 
 
 # ----------------------------------------------------------------------------------------------------
