@@ -18,7 +18,9 @@ A checkpoint may come without its LM head (BertModel, GPT2Model, LlamaModel): th
 initialised, as `from_pretrained` does, and the import says which tensors are new.
 
 Anything else has no exact HF equivalent and is refused with the option named: an export that
-silently changed the model's function would be worse than none.
+silently changed the model's function would be worse than none. A head size other than d_model / n_head
+(`model.head_dim`, left by `lmforge compress prune --heads`) exports only to Llama and Qwen2, whose
+configs carry `head_dim`; GPT-2 and the BERT family derive it from hidden_size / heads.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, QWEN2, BER
 
 __all__ = ["FAMILIES", "Family", "Row", "SpecialIds", "family_for", "key_map", "to_hf_state", "from_hf_state"]
 
+DERIVED_HEAD_SIZE = ("gpt2", "bert", "roberta", "xlm-roberta", "distilbert")
+"""Families whose head size is hidden_size / heads (no head_dim key in their config)."""
+
 # Tensors a HF checkpoint may hold that lmforge derives or does not have (buffers, the NSP head, and the
 # decoder biases that RoBERTa and BERT also keep under a second name).
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq", "embeddings.position_ids",
@@ -58,6 +63,16 @@ OPTIONAL_ON_IMPORT = ("pooler.weight", "pooler.bias")
 
 def family_for(cfg: GPTConfig | BertConfig) -> Family:
     """The HF family that computes exactly what `cfg` does, or a LmforgeError naming the option."""
+    family = _family_for(cfg)
+    if family.model_type in DERIVED_HEAD_SIZE and cfg.n_head * cfg.head_size() != cfg.d_model:
+        raise LmforgeError(f"model.head_dim = {cfg.head_dim} with n_head = {cfg.n_head} (attention "
+                           f"{cfg.n_head * cfg.head_size()} wide, d_model {cfg.d_model}) has no Hugging Face "
+                           f"equivalent for {family.lm}, which derives the head size from the hidden size / heads: "
+                           "export is not possible; prune with --heads 0 (FFN neurons only)")
+    return family
+
+
+def _family_for(cfg: GPTConfig | BertConfig) -> Family:
     if cfg.kind == "bert":
         if cfg.pre_norm:
             raise LmforgeError("model.pre_norm = true has no Hugging Face equivalent for BERT "
@@ -159,7 +174,7 @@ def classifier_labels(hf_cfg: dict[str, Any], num_rows: int, source: str) -> lis
 
 
 def _qkv_sizes(cfg: GPTConfig) -> list[int]:
-    hs = cfg.d_model // cfg.n_head
+    hs = cfg.head_size()
     return [cfg.n_head * hs, cfg.kv_heads() * hs, cfg.kv_heads() * hs]
 
 

@@ -1,7 +1,8 @@
 """Llama and Qwen2: lmforge's GPT with RoPE, RMSNorm and SwiGLU (grouped-query attention through
 `model.n_kv_head`; Qwen2's q/k/v biases through `model.qkv_bias`) <-> LlamaForCausalLM / Qwen2ForCausalLM.
 
-What lmforge cannot compute exactly is refused by name: rope scaling variants, a sliding window shorter
+A `head_dim` other than hidden_size / num_attention_heads maps to `model.head_dim` both ways. What
+lmforge cannot compute exactly is refused by name: rope scaling variants, a sliding window shorter
 than the context, other activations.
 """
 
@@ -55,7 +56,8 @@ def qwen2_config(cfg: GPTConfig, ids: SpecialIds) -> dict[str, Any]:
 def _shared(hf: dict[str, Any], source: str) -> dict[str, Any]:
     heads = hf["num_attention_heads"]
     require(hf, "hidden_act", "silu", source, "silu")
-    require(hf, "head_dim", hf["hidden_size"] // heads, source, hf["hidden_size"] // heads)
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    head_dim = 0 if head_dim * heads == hf["hidden_size"] else head_dim  # 0: the default, d_model // n_head
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
         kind = toml(rope.get("rope_type", rope.get("type")))
@@ -64,7 +66,7 @@ def _shared(hf: dict[str, Any], source: str) -> dict[str, Any]:
     kv = hf.get("num_key_value_heads") or heads
     return dict(vocab_size=hf["vocab_size"], context_len=hf.get("max_position_embeddings", 2048),
                 n_layer=hf["num_hidden_layers"], n_head=heads, n_kv_head=0 if kv == heads else kv,
-                d_model=hf["hidden_size"], d_ff=hf["intermediate_size"], pos="rope",
+                d_model=hf["hidden_size"], head_dim=head_dim, d_ff=hf["intermediate_size"], pos="rope",
                 rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 1e4))), norm="rmsnorm",
                 norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", dropout=hf.get("attention_dropout", 0.0),
                 init_std=hf.get("initializer_range", 0.02))

@@ -1,7 +1,7 @@
 """BERT: a bidirectional transformer encoder with a masked-LM head and a [CLS] pooler.
 
 Dimensions: B batch, T sequence length, N real (unpadded) tokens of a batch, C d_model, V vocabulary,
-nh heads, hs head size (C // nh).
+nh heads, hs head size (`head_dim`, by default C // nh).
 
 Every weight corresponds to exactly one tensor of `transformers.BertForMaskedLM` (plus the pooler of
 `BertModel`), so export is a renaming; the tests check the logits against it.
@@ -31,6 +31,9 @@ class BertConfig:
     n_layer: int = 2
     n_head: int = 2
     d_model: int = 128
+    head_dim: int = 0
+    """Size of each attention head; 0 means d_model // n_head. Attention is n_head * head_dim wide inside
+    (a pruned model's heads keep their size while fewer remain)."""
     d_ff: int = 0
     """MLP hidden width; 0 means 4*d_model."""
     type_vocab_size: int = 2
@@ -49,8 +52,13 @@ class BertConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "model", positive="context_len n_layer n_head d_model norm_eps init_std",
-                     non_negative="vocab_size d_ff type_vocab_size position_offset", fraction="dropout attn_dropout")
-        check(self.d_model % self.n_head == 0, "model.d_model", f"must be divisible by model.n_head={self.n_head}")
+                     non_negative="vocab_size head_dim d_ff type_vocab_size position_offset",
+                     fraction="dropout attn_dropout")
+        check(self.head_dim > 0 or self.d_model % self.n_head == 0, "model.d_model",
+              f"must be divisible by model.n_head={self.n_head} (or set model.head_dim)")
+
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_head
 
     def ff_width(self) -> int:
         return self.d_ff or 4 * self.d_model
@@ -103,22 +111,23 @@ class Layout:
 class Attention(nn.Module):
     def __init__(self, cfg: BertConfig):
         super().__init__()
-        self.n_head, self.dropout = cfg.n_head, cfg.attn_dropout
+        self.n_head, self.hs, self.dropout = cfg.n_head, cfg.head_size(), cfg.attn_dropout
+        inner = cfg.n_head * self.hs  # d_model unless head_dim says otherwise
         # separate q, k, v (not fused) so that each maps to one HF tensor
-        self.query = nn.Linear(cfg.d_model, cfg.d_model)
-        self.key = nn.Linear(cfg.d_model, cfg.d_model)
-        self.value = nn.Linear(cfg.d_model, cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
+        self.query = nn.Linear(cfg.d_model, inner)
+        self.key = nn.Linear(cfg.d_model, inner)
+        self.value = nn.Linear(cfg.d_model, inner)
+        self.out = nn.Linear(inner, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, layout: Layout) -> torch.Tensor:
         """x (N, C): the real tokens; returns (N, C)."""
-        B, T, C = layout.B, layout.T, x.size(-1)
-        q, k, v = (layout.pad(lin(x)).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        B, T, nh, hs = layout.B, layout.T, self.n_head, self.hs
+        q, k, v = (layout.pad(lin(x)).view(B, T, nh, hs).transpose(1, 2)
                    for lin in (self.query, self.key, self.value))  # (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask,
                                            dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = layout.unpad(y.transpose(1, 2).reshape(B, T, C))  # (N, C)
+        y = layout.unpad(y.transpose(1, 2).reshape(B, T, nh * hs))  # (N, nh*hs)
         return self.drop(self.out(y))
 
 
@@ -245,10 +254,11 @@ class Bert(nn.Module):
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token, 6*N + 12*L*T*C, as for GPT (N: matmul weights incl. the decoder).
 
-        The pooler is counted in N although masked-LM pretraining does not run it (C*C, negligible).
+        The pooler is counted in N although masked-LM pretraining does not run it (C*C, negligible). The
+        attention term's C is attention's inner width nh*hs (d_model unless head_dim says otherwise).
         """
         cfg = self.config
         n = self.num_params(non_embedding=True)
         if cfg.tie_embeddings:
             n += self.decoder.weight.numel()
-        return 6.0 * n + 12.0 * cfg.n_layer * seq_len * cfg.d_model
+        return 6.0 * n + 12.0 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_size()

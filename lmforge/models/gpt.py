@@ -1,7 +1,8 @@
 """GPT: a decoder-only transformer in the GPT-2 layout, with RoPE, RMSNorm and SwiGLU as options.
 
 Dimensions: B batch, T sequence length, C d_model, V vocabulary, L layers, nh heads, nkv key/value
-heads (nh with plain multi-head attention), hs head size (C // nh), S key length (cached positions + T).
+heads (nh with plain multi-head attention), hs head size (`head_dim`, by default C // nh), S key length
+(cached positions + T).
 
 With `pos="learned", norm="layernorm", mlp="gelu", bias=True, tie_embeddings=True` this is GPT-2
 exactly (the tests compare logits with `transformers.GPT2LMHeadModel`).
@@ -33,6 +34,9 @@ class GPTConfig:
     """Key/value heads, each shared by n_head / n_kv_head query heads (grouped-query attention, as in
     Llama 3, Qwen2, SmolLM); 0 means n_head."""
     d_model: int = 256
+    head_dim: int = 0
+    """Size of each attention head; 0 means d_model // n_head. Attention is n_head * head_dim wide inside
+    (a pruned model's heads keep their size while fewer remain)."""
     d_ff: int = 0
     """MLP hidden width; 0 means 4*d_model (GELU/ReLU^2) or 8/3*d_model rounded to 64 (SwiGLU)."""
     pos: Literal["learned", "rope"] = "learned"
@@ -51,10 +55,11 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, "model", positive="context_len n_layer n_head d_model rope_theta norm_eps init_std",
-                     non_negative="vocab_size n_kv_head d_ff", fraction="dropout")
-        check(self.d_model % self.n_head == 0, "model.d_model", f"must be divisible by model.n_head={self.n_head}")
-        check(self.pos != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.pos",
-              "rope needs an even head size (d_model / n_head)")
+                     non_negative="vocab_size n_kv_head head_dim d_ff", fraction="dropout")
+        check(self.head_dim > 0 or self.d_model % self.n_head == 0, "model.d_model",
+              f"must be divisible by model.n_head={self.n_head} (or set model.head_dim)")
+        check(self.pos != "rope" or self.head_size() % 2 == 0, "model.pos",
+              "rope needs an even head size (model.head_dim, or d_model / n_head)")
         check(self.n_kv_head >= 0 and self.n_head % self.kv_heads() == 0, "model.n_kv_head",
               f"must divide model.n_head={self.n_head} (0 means n_head)")
 
@@ -62,7 +67,7 @@ class GPTConfig:
         return self.n_kv_head or self.n_head
 
     def head_size(self) -> int:
-        return self.d_model // self.n_head
+        return self.head_dim or self.d_model // self.n_head
 
     def ff_width(self) -> int:
         if self.d_ff:
@@ -111,7 +116,7 @@ class KVCache:
 
 def rope_tables(cfg: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of every (position, frequency), each (context_len, hs)."""
-    hs = cfg.d_model // cfg.n_head
+    hs = cfg.head_size()
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs))  # (hs/2,)
     angles = torch.outer(torch.arange(cfg.context_len, dtype=torch.float64), inv_freq)  # (T, hs/2)
     angles = torch.cat([angles, angles], dim=-1)  # (T, hs)
@@ -131,17 +136,17 @@ class Attention(nn.Module):
     def __init__(self, cfg: GPTConfig, layer: int):
         super().__init__()
         self.n_head, self.n_kv, self.layer, self.dropout = cfg.n_head, cfg.kv_heads(), layer, cfg.dropout
-        hs = cfg.head_size()
+        self.hs = hs = cfg.head_size()
         self.sizes = [cfg.n_head * hs, self.n_kv * hs, self.n_kv * hs]  # q, k, v widths
         self.c_attn = nn.Linear(cfg.d_model, sum(self.sizes), bias=cfg.bias or cfg.qkv_bias)  # one matmul
-        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_head * hs, cfg.d_model, bias=cfg.bias)
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 kv_cache: KVCache | None) -> torch.Tensor:
-        B, T, C = x.shape
+        B, T, _ = x.shape
         q, k, v = self.c_attn(x).split(self.sizes, dim=2)  # (B, T, nh*hs), (B, T, nkv*hs) x 2
-        hs = C // self.n_head
+        hs = self.hs
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k, v = (t.view(B, T, self.n_kv, hs).transpose(1, 2) for t in (k, v))  # (B, nkv, T, hs)
         if rope is not None:
@@ -158,8 +163,8 @@ class Attention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0,
                                            enable_gqa=self.n_kv != self.n_head)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
-        return self.resid_drop(self.c_proj(y))
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * hs)  # (B, T, nh*hs)
+        return self.resid_drop(self.c_proj(y))  # (B, T, C)
 
 
 class MLP(nn.Module):
@@ -291,10 +296,11 @@ class GPT(nn.Module):
 
         N counts every weight used in a matmul per token: the non-embedding parameters plus the
         output projection (V*C, which non_embedding left out when tied). 12*L*T*C is the attention
-        score and value matmuls over the full T x T square (the causal half is not subtracted).
+        score and value matmuls over the full T x T square (the causal half is not subtracted); C is
+        attention's inner width nh*hs there (d_model unless head_dim says otherwise).
         """
         cfg = self.config
         n = self.num_params(non_embedding=True)
         if cfg.tie_embeddings:
             n += self.lm_head.weight.numel()
-        return 6.0 * n + 12.0 * cfg.n_layer * seq_len * cfg.d_model
+        return 6.0 * n + 12.0 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_size()
