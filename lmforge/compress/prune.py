@@ -106,7 +106,8 @@ def prune(run: str | Path, out: str | Path, *, heads: float = 0.0, ffn: float = 
             "params_after": sum(p.numel() for p in model.parameters())}
     if sparsity:
         info.update(zeroed_weights=zeroed, note=SPARSE_NOTE)
-    say(f"pruned {drop_heads}/{n_head} heads and {drop_ffn}/{width} FFN neurons per layer ({scored or 'none ranked'})"
+    say(f"pruned {drop_heads}/{n_head} heads and {drop_ffn}/{width} FFN neurons per layer"
+        + (f" ({scored} importance)" if scored else "")
         + (f", zeroed {zeroed:,} weights" if zeroed else "")
         + f": {params_before / 1e6:.3f}M -> {info['params_after'] / 1e6:.3f}M parameters")
     if recover_steps:
