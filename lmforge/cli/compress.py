@@ -8,6 +8,10 @@ from pathlib import Path
 from lmforge.cli.args import run_path
 
 
+def _say(message: str) -> None:
+    print(f"lmforge: {message}", flush=True)
+
+
 def _report(args: argparse.Namespace, before: Path, after: Path) -> None:
     if args.no_report:
         return
@@ -27,7 +31,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         student = run_path(student)
     distill(teacher, Path(args.out), student=student, temperature=args.temperature, alpha_kl=args.alpha_kl,
             alpha_task=args.alpha_task, alpha_cos=args.alpha_cos, init=args.init, overrides=args.overrides,
-            overwrite=args.overwrite)
+            overwrite=args.overwrite, say=_say)
     _report(args, teacher, Path(args.out))
     return 0
 
@@ -38,7 +42,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     run = run_path(args.run)
     prune(run, Path(args.out), heads=args.heads, ffn=args.ffn, method=args.importance, sparsity=args.sparsity,
           score_batches=args.score_batches, recover_steps=args.recover_steps, overrides=args.overrides,
-          overwrite=args.overwrite)
+          overwrite=args.overwrite, say=_say)
     _report(args, run, Path(args.out))
     return 0
 
@@ -50,7 +54,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     require("torchao", "lmforge compress quantize")
     run = run_path(args.run)
     quantize(run, Path(args.out), scheme=args.scheme, compile=args.compile, checkpoint=args.checkpoint,
-             overwrite=args.overwrite, say=lambda m: print(f"lmforge: {m}", flush=True))
+             overwrite=args.overwrite, say=_say)
     _report(args, run, Path(args.out))
     return 0
 

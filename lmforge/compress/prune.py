@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -263,13 +262,10 @@ def sparsify(blocks: nn.Module, fraction: float) -> int:
 def _recover(model: nn.Module, cfg: Any, task, loaded, info: dict, out: Path, overwrite: bool) -> None:
     """Train the pruned `model` for cfg's steps into `out`, through pipeline.train_run.
 
-    A run trained from weights names them as its `source`, whose model config must equal its own
-    (pipeline._check_source_model) and whose checkpoint loads into the backbone. The pruned weights are
-    saved as such a source in a temporary run folder beside `out` (the backbone only, as a pretrained
-    run holds); `adapt` then loads the whole pruned model, head included, and records compression.json
-    in place of init_from.json (whose temporary folder is gone after the run).
+    The source is the run pruned (the task reads its tokenizer from it); with an `adapt` hook its
+    weights are neither loaded nor checked against the smaller model: `adapt` loads the whole pruned
+    model, head included, and records compression.json in place of init_from.json.
     """
-    from lmforge.checkpoint import find_checkpoint
     from lmforge.pipeline import train_run
     from lmforge.tasks import Source
 
@@ -284,9 +280,4 @@ def _recover(model: nn.Module, cfg: Any, task, loaded, info: dict, out: Path, ov
         files = {k: v for k, v in data.files.items() if k != runs.INIT_FROM}
         return dataclasses.replace(data, files={**files, runs.COMPRESSION: info})
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.pruned-") as tmp:
-        start = runs.save_run(Path(tmp) / "run", model.backbone if task.head else model, loaded.tokenizer, cfg,
-                              files=loaded.files)
-        train_run(cfg, out, overwrite=overwrite, source=Source(start, find_checkpoint(start, "latest")),
-                  adapt=adapt)
+    train_run(cfg, out, overwrite=overwrite, source=Source(loaded.run_dir, loaded.checkpoint), adapt=adapt)
