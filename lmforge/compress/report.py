@@ -62,7 +62,7 @@ def format_table(report: dict) -> str:
             ("weights file", _mb(b["file_bytes"]), _mb(a["file_bytes"]), f"{report['file_ratio']:.2f}x")]
     for B, s in a["speed"].items():
         rows.append((f"ms / example (batch {B})", f"{b['speed'][B]['ms_per_example']:.2f}",
-                     f"{s['ms_per_example']:.2f}", f"{report['speedup'][B]:.2f}x faster"))
+                     f"{s['ms_per_example']:.2f}", f"{report['speedup'][B]:.2f}x speed"))
         rows.append((f"tokens / s (batch {B})", f"{b['speed'][B]['tokens_per_s']:,.0f}", f"{s['tokens_per_s']:,.0f}",
                      ""))
     for name in HEADLINE:
