@@ -98,9 +98,13 @@ class DistillObjective:
         device = batch["input_ids"].device
         if next(self.teacher.parameters()).device != device:  # the loop moves the student only
             self.teacher.to(device)
-        with torch.no_grad():
-            teacher_logits, _ = self.outputs(self.teacher, batch)
+        uses_teacher = bool(self.alpha_kl or self.alpha_cos)  # else labels only: the baseline of a comparison
+        if uses_teacher:
+            with torch.no_grad():
+                teacher_logits, _ = self.outputs(self.teacher, batch)
         logits, labels = self.outputs(model, batch)
+        if not uses_teacher:
+            teacher_logits = logits  # the KL term is weighted 0; the teacher is not run
         return distillation_loss(logits, teacher_logits, labels, self.temperature, self.alpha_kl, self.alpha_task,
                                  self.alpha_cos, self.hidden.get("student"), self.hidden.get("teacher"))
 
