@@ -7,12 +7,12 @@
 #
 # Stages (each skipped when its output exists; delete WORK_DIR to start over):
 #   sst2-teacher     finetune MiniLM on SST-2 train, TEACHER_STEPS x 32 examples, lr 5e-5, dev once at the end
-#   sst2-int8        compress quantize (int8-dynamic, compile auto)
+#   sst2-int8        compress quantize (int8-dynamic, compile auto); sst2-int8w: --scheme int8-weight
 #   sst2-pruned      compress prune --heads 0.3 --ffn 0.3 (taylor on 8 batches), RECOVER_STEPS steps to recover
 #   sst2-student     compress distill: 3 layers from teacher layers 0, 2, 4; KL (T=2) 0.5 + CE 0.5; STUDENT_STEPS
 #   sst2-alone       the same student, same start, trained on the labels only (alpha-kl 0, alpha-task 1)
 #   gpt-teacher      pretrain the GPT on WikiText-2 shards, GPT_STEPS x 16 x 128 tokens
-#   gpt-int8         compress quantize
+#   gpt-int8         compress quantize; gpt-int8w: --scheme int8-weight
 #   gpt-student      compress distill: 2 layers from teacher layers 0, 2; GPT_STUDENT_STEPS
 #   gpt-alone        the same student trained on the next tokens only; gpt-scratch: from random weights
 #   report           measures every pair ONE AFTER THE OTHER, nothing else running: parameters, file
@@ -38,7 +38,7 @@ RECOVER_STEPS=${RECOVER_STEPS:-300}
 STUDENT_STEPS=${STUDENT_STEPS:-1000}
 GPT_STEPS=${GPT_STEPS:-1000}
 GPT_STUDENT_STEPS=${GPT_STUDENT_STEPS:-1000}
-STAGES=${STAGES:-"sst2-teacher sst2-int8 sst2-pruned sst2-student sst2-alone gpt-teacher gpt-int8 gpt-student gpt-alone gpt-scratch report"}
+STAGES=${STAGES:-"sst2-teacher sst2-int8 sst2-int8w sst2-pruned sst2-student sst2-alone gpt-teacher gpt-int8 gpt-int8w gpt-student gpt-alone gpt-scratch report"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK"
 want() { [[ " $STAGES " == *" $1 "* ]] && [ ! -e "$WORK/$1" ]; }
@@ -50,6 +50,8 @@ want sst2-teacher && timed sst2-teacher $LMF finetune --from "$MODEL" "${SST2[@]
     --max_steps "$TEACHER_STEPS" --eval_steps "$TEACHER_STEPS" --learning_rate 5e-5 --warmup_steps 100 --seed 1 \
     --quiet --set runtime.num_threads=1
 want sst2-int8 && timed sst2-int8 $LMF compress quantize "$WORK/sst2-teacher" --out "$WORK/sst2-int8" --no-report
+want sst2-int8w && timed sst2-int8w $LMF compress quantize "$WORK/sst2-teacher" --out "$WORK/sst2-int8w" \
+    --scheme int8-weight --no-report
 want sst2-pruned && timed sst2-pruned $LMF compress prune "$WORK/sst2-teacher" --heads 0.3 --ffn 0.3 \
     --recover-steps "$RECOVER_STEPS" --out "$WORK/sst2-pruned" "${NOREP[@]}"
 want sst2-student && timed sst2-student $LMF compress distill --teacher "$WORK/sst2-teacher" \
@@ -63,6 +65,8 @@ want gpt-teacher && timed gpt-teacher $LMF pretrain --config gpt-tiny --data "$W
     --set model.d_model=256 --set train.max_steps="$GPT_STEPS" --set train.eval_every=250 \
     --set train.eval_batches=40 --set train.progress=false --set runtime.num_threads=1 --set runtime.device=cpu
 want gpt-int8 && timed gpt-int8 $LMF compress quantize "$WORK/gpt-teacher" --out "$WORK/gpt-int8" --no-report
+want gpt-int8w && timed gpt-int8w $LMF compress quantize "$WORK/gpt-teacher" --out "$WORK/gpt-int8w" \
+    --scheme int8-weight --no-report
 GPT_STUDENT=(--set train.max_steps="$GPT_STUDENT_STEPS" --set train.eval_every=250 "${NOREP[@]}")
 want gpt-student && timed gpt-student $LMF compress distill --teacher "$WORK/gpt-teacher" --out "$WORK/gpt-student" \
     "${GPT_STUDENT[@]}"
@@ -79,8 +83,8 @@ from pathlib import Path
 from lmforge.compress.report import compare, format_table
 
 work = Path(sys.argv[1])
-pairs = [("sst2-teacher", n) for n in ("sst2-int8", "sst2-pruned", "sst2-student", "sst2-alone")] + \
-        [("gpt-teacher", n) for n in ("gpt-int8", "gpt-student", "gpt-alone", "gpt-scratch")]
+pairs = [("sst2-teacher", n) for n in ("sst2-int8", "sst2-int8w", "sst2-pruned", "sst2-student", "sst2-alone")] + \
+        [("gpt-teacher", n) for n in ("gpt-int8", "gpt-int8w", "gpt-student", "gpt-alone", "gpt-scratch")]
 rows = {}
 for before, after in pairs:
     if not (work / before).is_dir() or not (work / after).is_dir():

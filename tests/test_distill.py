@@ -171,6 +171,17 @@ def test_causal_lm_distills_into_half_the_layers_with_one_teacher_forward_per_mi
     assert run.tokenizer.fingerprint == load_run(teachers["gpt"]).tokenizer.fingerprint
 
 
+def test_a_distilled_run_refuses_resume_and_is_left_as_it_was(teachers, tmp_path, cli):
+    lm, clf = tmp_path / "lm", tmp_path / "clf"
+    distill(teachers["gpt"], lm, say=lambda _: None)
+    distill(teachers["classify"], clf, say=lambda _: None)
+    for command, run in (("pretrain", lm), ("finetune", clf)):
+        before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+        code, _, err = cli(command, "--resume", run)
+        assert code == 2 and err.count("\n") == 1 and "cannot resume" in err and "compress distill" in err, err
+        assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before
+
+
 def test_masked_lm_distills_with_the_cosine_term(teachers, tmp_path):
     out = tmp_path / "student"
     distill(teachers["bert"], out, alpha_cos=0.5, temperature=3.0, say=lambda _: None)
