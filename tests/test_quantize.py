@@ -112,12 +112,16 @@ def test_what_an_int8_run_cannot_do(runs, cli, tmp_path):
                         (("pretrain", "--resume", q), "cannot resume"),
                         (("pretrain", "--init-from", q, "--data", runs["gpt"], "--out", tmp_path / "x"),
                          "cannot be trained from"),
-                        (("finetune", "--from", runs["clf-int8"], "--train", runs["data"], "--dev", runs["data"],
-                          "--out", tmp_path / "y"), "")):
+                        (("finetune", "--from", q, "--train", runs["data"], "--dev", runs["data"],
+                          "--out", tmp_path / "y"), "cannot be trained from"),
+                        (("compress", "distill", "--teacher", q, "--out", tmp_path / "d"), "distill from the run"),
+                        (("compress", "distill", "--teacher", runs["gpt"], "--student", q, "--out", tmp_path / "s"),
+                         "cannot be trained from"),
+                        (("compress", "prune", q, "--ffn", "0.3", "--out", tmp_path / "p"), "quantized")):
         code, out, err = cli(*args)
         assert code == 2 and err.count("\n") == 1 and words in err, (args, err)
     assert sorted(p.name for p in q.rglob("*")) == before
-    assert not any((tmp_path / n).exists() for n in ("again", "hf", "x", "y"))
+    assert not any((tmp_path / n).exists() for n in ("again", "hf", "x", "y", "d", "s", "p"))
     from lmforge.compress.quantize import quantize
     from lmforge.errors import LmforgeError
 

@@ -182,9 +182,9 @@ def student_config(teacher: LoadedRun, student: str | Path | None, overrides: Se
 def _student_run(teacher: LoadedRun, run: Path) -> Source:
     """A student run's Source, once it fits the teacher: same tokenizer, kind and vocabulary; the same task
     (and labels), or a pretrained run under a head task."""
-    from lmforge.checkpoint import find_checkpoint
+    from lmforge.pipeline import source_of
 
-    cfg, ckpt = read_config(run), find_checkpoint(run, "best")
+    cfg, ckpt = read_config(run), source_of(run).checkpoint  # a quantized run is refused there
     mine, theirs = runs.checkpoint_tokenizer(run, ckpt).fingerprint, teacher.tokenizer.fingerprint
     if mine != theirs:
         raise LmforgeError(f"--student {run} has tokenizer {mine}, the teacher {teacher.run_dir} has {theirs}: a "
@@ -285,6 +285,9 @@ def distill(teacher: str | Path, out: str | Path, *, student: str | Path | None 
     if task not in OUTPUTS:
         raise LmforgeError(f"{teacher} is a {task} run: distill supports {', '.join(OUTPUTS)}")
     t = load_run(teacher, checkpoint)
+    if t.quantization:  # its int8 weights can neither start a student nor give exact soft targets
+        raise LmforgeError(f"--teacher {teacher} is quantized ({t.quantization['scheme']}): distill from the run it "
+                           f"was made from ({t.quantization.get('from', '?')})")
     cfg, what, start = student_config(t, student, overrides)
     if alpha_cos and cfg.model.hidden_size != t.config.model.hidden_size:
         raise LmforgeError(f"--alpha-cos compares hidden states, but the student is {cfg.model.hidden_size} wide and "
