@@ -37,7 +37,7 @@ TEACHER_STEPS=${TEACHER_STEPS:-1000}
 RECOVER_STEPS=${RECOVER_STEPS:-300}
 STUDENT_STEPS=${STUDENT_STEPS:-1000}
 GPT_STEPS=${GPT_STEPS:-1000}
-GPT_STUDENT_STEPS=${GPT_STUDENT_STEPS:-1000}
+GPT_STUDENT_STEPS=${GPT_STUDENT_STEPS:-500}
 STAGES=${STAGES:-"sst2-teacher sst2-int8 sst2-int8w sst2-pruned sst2-student sst2-alone gpt-teacher gpt-int8 gpt-int8w gpt-student gpt-alone gpt-scratch report"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK"
