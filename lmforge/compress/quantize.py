@@ -134,6 +134,9 @@ def quantize(run: str | Path, out: str | Path, *, scheme: str = "int8-dynamic",
         say(f"int8 eager {timing['seconds_int8_eager'] * 1e3:.1f} ms, int8 compiled "
             f"{timing['seconds_int8_compiled'] * 1e3:.1f} ms, fp32 {timing['seconds_fp32_eager'] * 1e3:.1f} ms a "
             f"forward of {timing['batch']}: {'compiled' if timing['compile'] else 'eager'}")
+        if min(timing["seconds_int8_eager"], timing["seconds_int8_compiled"]) > timing["seconds_fp32_eager"]:
+            say(f"warning: {scheme} is slower than fp32 for this model on this CPU: it still saves memory and disk"
+                + (", but --scheme int8-dynamic is the faster one" if scheme != "int8-dynamic" else ""))
     model = build()
     n_linear = quantize_model(model, scheme)
     tensors, metadata = flatten_tensor_state_dict(model.state_dict())
