@@ -262,10 +262,20 @@ def _load_quantized(path: Path, model: nn.Module, how: dict) -> None:
     with safe_open(str(path), "pt") as f:
         metadata = f.metadata()
     state, leftover = unflatten_tensor_state_dict(load_file(str(path)), metadata)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    plain = {k: v for k, v in state.items() if type(v) is torch.Tensor}
+    model.load_state_dict(plain, strict=False)  # copied in place: a tied table stays tied
+    _, unexpected = model.load_state_dict({k: v for k, v in state.items() if k not in plain}, strict=False,
+                                          assign=True)
+    missing = set(model.state_dict()) - set(state) - _tied_aliases(model)
     if missing or unexpected or leftover:
         raise LmforgeError(f"{path} does not fit the model of config.toml (missing {sorted(missing)[:3]}, "
                            f"unexpected {sorted(unexpected or leftover)[:3]}): was the config edited?")
+
+
+def _tied_aliases(model: nn.Module) -> set[str]:
+    """Names of parameters that are another, earlier-named parameter (a tied output layer): saved once."""
+    first = {id(p): n for n, p in model.named_parameters()}
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if first[id(p)] != n}
 
 
 def load_checkpoint(ckpt: Path, model: nn.Module, optimizer: Any = None, scaler: Any = None,

@@ -65,6 +65,16 @@ def test_int8_outputs_are_close_to_fp32_and_the_file_is_smaller(runs, name):
     assert info["method"] == "quantize" and info["from"] == str(runs[name]) and info["linear_layers"] > 0
 
 
+def test_a_classifier_keeps_its_unused_lm_head_fp32_and_tied(runs):
+    """A task head never runs the backbone's LM head: quantizing it would untie and duplicate the embedding."""
+    fp32, int8 = load_run(runs["clf"]), load_run(runs["clf-int8"])
+    backbone = int8.model.backbone
+    assert backbone.decoder.weight is backbone.word_embeddings.weight and type(backbone.decoder.weight) is \
+        torch.nn.Parameter
+    assert type(backbone.blocks[0].attn.query.weight.data).__name__ == "Int8Tensor"
+    assert sum(p.numel() for p in int8.model.parameters()) == sum(p.numel() for p in fp32.model.parameters())
+
+
 def test_a_loaded_int8_run_equals_the_model_that_was_saved(runs, tmp_path):
     """Saving flattens torchao's tensors into safetensors; loading must give the same int8 model back."""
     from lmforge.compress.quantize import quantize_model

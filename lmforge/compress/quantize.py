@@ -43,18 +43,21 @@ def torchao_config(scheme: str):
     return Int8DynamicActivationInt8WeightConfig() if scheme == "int8-dynamic" else Int8WeightOnlyConfig()
 
 
-def quantize_model(model: nn.Module, scheme: str) -> int:
-    """Quantize `model`'s linear layers in place (inference only); returns how many were quantized."""
+def quantize_model(model: nn.Module, scheme: str, skip: tuple[str, ...] = ()) -> int:
+    """Quantize `model`'s linear layers in place (inference only), except those named under `skip` (parts a
+    task head never runs: a classifier's unused LM head); returns how many were quantized."""
     from torchao.quantization import quantize_
 
-    wanted = lambda m, fqn: isinstance(m, nn.Linear) and min(m.weight.shape) >= MIN_WIDTH  # noqa: E731
-    count = sum(1 for name, m in model.named_modules() if wanted(m, name))
-    for m in model.modules():  # a tied output layer gets its own weight, quantized apart from the table
-        if isinstance(m, nn.Linear) and wanted(m, ""):
-            m.weight = nn.Parameter(m.weight.detach().clone(), requires_grad=False)
+    def wanted(m: nn.Module, fqn: str) -> bool:
+        skipped = any(f"{fqn}.".startswith(prefix) for prefix in skip)
+        return isinstance(m, nn.Linear) and min(m.weight.shape) >= MIN_WIDTH and not skipped
+
+    chosen = [m for name, m in model.named_modules() if wanted(m, name)]
+    for m in chosen:  # a tied output layer gets its own weight, quantized apart from the table
+        m.weight = nn.Parameter(m.weight.detach().clone(), requires_grad=False)
     model.requires_grad_(False)
     quantize_(model, torchao_config(scheme), filter_fn=wanted)
-    return count
+    return len(chosen)
 
 
 def compile_forward(model: nn.Module) -> nn.Module:
@@ -74,26 +77,27 @@ def sample_batch(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, t
 
 @torch.inference_mode()
 def seconds_per_forward(model: nn.Module, batch: dict[str, torch.Tensor], repeats: int = 5,
-                        warmup: int = 2) -> float:
-    """Median wall time of one forward of `batch` (after `warmup` forwards: compilation, caches)."""
+                        warmup: int = 2, min_seconds: float = 0.0) -> float:
+    """Median wall time of one forward of `batch` (after `warmup` forwards: compilation, caches), over
+    `repeats` forwards or more, until `min_seconds` have been spent timing (short forwards are noisy)."""
     for _ in range(warmup):
         model(**batch)
-    times = []
-    for _ in range(repeats):
+    times: list[float] = []
+    while len(times) < repeats or (sum(times) < min_seconds and len(times) < 200):
         t = time.perf_counter()
         model(**batch)
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
 
 
-def choose_compile(build, scheme: str, batch: dict[str, torch.Tensor]) -> dict:
+def choose_compile(build, scheme: str, batch: dict[str, torch.Tensor], skip: tuple[str, ...] = ()) -> dict:
     """Time fp32 eager, int8 eager and int8 compiled on `batch`; `build()` makes a fresh fp32 model."""
     fp32 = seconds_per_forward(build(), batch)
     eager = build()
-    quantize_model(eager, scheme)
+    quantize_model(eager, scheme, skip)
     int8_eager = seconds_per_forward(eager, batch)
     compiled = compile_forward(build())
-    quantize_model(compiled, scheme)
+    quantize_model(compiled, scheme, skip)
     int8_compiled = seconds_per_forward(compiled, batch, warmup=3)
     return {"compile": int8_compiled < int8_eager, "seconds_fp32_eager": fp32, "seconds_int8_eager": int8_eager,
             "seconds_int8_compiled": int8_compiled, "batch": list(batch["input_ids"].shape)}
@@ -122,6 +126,9 @@ def quantize(run: str | Path, out: str | Path, *, scheme: str = "int8-dynamic",
     if isinstance(source.model, nn.Module) and not any(isinstance(m, nn.Linear) for m in source.model.modules()):
         raise LmforgeError(f"{run}: its model has no linear layers to quantize")
 
+    # under a task head the backbone's LM head (and an unused pooler) never runs: left as it is (and tied)
+    skip = tuple(f"backbone.{p}" for p in source.model.unused_prefixes()) if source.task.head else ()
+
     def build() -> nn.Module:
         model = source.task.build_model(source.config, source.files)
         model.load_state_dict(source.model.state_dict())
@@ -130,7 +137,7 @@ def quantize(run: str | Path, out: str | Path, *, scheme: str = "int8-dynamic",
     timing = {"compile": compile == "yes"}
     if compile == "auto":
         say("timing fp32, int8 eager and int8 compiled on this CPU (compile: auto)")
-        timing = choose_compile(build, scheme, sample_batch(source.model, 8, 128))
+        timing = choose_compile(build, scheme, sample_batch(source.model, 8, 128), skip)
         say(f"int8 eager {timing['seconds_int8_eager'] * 1e3:.1f} ms, int8 compiled "
             f"{timing['seconds_int8_compiled'] * 1e3:.1f} ms, fp32 {timing['seconds_fp32_eager'] * 1e3:.1f} ms a "
             f"forward of {timing['batch']}: {'compiled' if timing['compile'] else 'eager'}")
@@ -138,8 +145,9 @@ def quantize(run: str | Path, out: str | Path, *, scheme: str = "int8-dynamic",
             say(f"warning: {scheme} is slower than fp32 for this model on this CPU: it still saves memory and disk"
                 + (", but --scheme int8-dynamic is the faster one" if scheme != "int8-dynamic" else ""))
     model = build()
-    n_linear = quantize_model(model, scheme)
-    tensors, metadata = flatten_tensor_state_dict(model.state_dict())
+    n_linear = quantize_model(model, scheme, skip)
+    once = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}  # a tied tensor once
+    tensors, metadata = flatten_tensor_state_dict({k: v for k, v in model.state_dict().items() if k in once})
     how = {"scheme": scheme, "library": f"torchao {torchao_version}", "compile": bool(timing["compile"]),
            "linear_layers": n_linear, "from": str(run)}
     info = {"method": "quantize", "from": str(run), "checkpoint": source.checkpoint.name, **how, "timing": timing}

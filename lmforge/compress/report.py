@@ -1,10 +1,10 @@
 """Size, speed and quality of a compressed run against the run it came from: report.json and a table.
 
 Measured for each run, in this process, one after the other: parameters, the checkpoint's weight file
-size, CPU latency of one forward over B x T random tokens (B = 1 and 32, T = min(128, context); median
-of several after warm-up, which includes a quantized run's compilation) as milliseconds per example and
-tokens per second, and the task's own metrics from `lmforge eval` on the run's held-out data (its shards'
-val split, a fine-tuned run's dev file; or `data`).
+size, CPU latency of one forward over B x T random tokens (B = 1 and 32, T = min(128, context); the
+median of at least 5 forwards and 2 s, after warm-up, which includes a quantized run's compilation) as
+milliseconds per example and tokens per second, and the task's own metrics from `lmforge eval` on the
+run's held-out data (its shards' val split, a fine-tuned run's dev file; or `data`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ HEADLINE = ("accuracy", "macro_f1", "f1", "exact_match", "perplexity", "loss")
 
 
 def measure(run_dir: str | Path, *, batch_sizes: tuple[int, ...] = (1, 32), seq_len: int = 128,
-            repeats: int = 5, data: str | Path | None = None, max_batches: int = 0) -> dict:
+            repeats: int = 5, min_seconds: float = 2.0, data: str | Path | None = None,
+            max_batches: int = 0) -> dict:
     from lmforge.compress.quantize import sample_batch, seconds_per_forward
     from lmforge.pipeline import evaluate_run
     from lmforge.tasks import load_run
@@ -28,7 +29,8 @@ def measure(run_dir: str | Path, *, batch_sizes: tuple[int, ...] = (1, 32), seq_
     speed = {}
     for B in batch_sizes:
         batch = sample_batch(run.model, B, seq_len)
-        seconds = seconds_per_forward(run.model, batch, repeats, warmup=3 if run.quantization else 2)
+        seconds = seconds_per_forward(run.model, batch, repeats, warmup=3 if run.quantization else 2,
+                                      min_seconds=min_seconds)
         speed[str(B)] = {"ms_per_example": 1e3 * seconds / B, "tokens_per_s": batch["input_ids"].numel() / seconds,
                          "seq_len": batch["input_ids"].shape[1]}
     finetune = getattr(run.config, "finetune", None)
