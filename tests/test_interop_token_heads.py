@@ -82,13 +82,14 @@ def test_qa_export_matches_logits_and_pipeline(tmp_path, toks, cfg, arch):  # no
     assert (out.end_logits - end)[mask].abs().max().item() < 1e-4
     if cfg.kind == "bert":
         # transformers 5 removed pipeline("question-answering"): its rule, written out over HF's own logits and
-        # offsets (softmax over the context tokens, best start x end with end >= start, at most 30 tokens)
+        # offsets (softmax over the context tokens and [CLS], which it keeps unmasked; the best start x end among
+        # context tokens with end >= start, at most 30 tokens)
         ours = qa(load_run(tmp_path / "run"), QUESTIONS, [CONTEXT] * 3)
         enc = hf_tok(QUESTIONS, [CONTEXT] * 3, return_offsets_mapping=True)
         for i, mine in enumerate(ours):
             context = [t for t, sid in enumerate(enc.sequence_ids(i)) if sid == 1]
             n = len(enc["input_ids"][i])
-            ps, pe = (torch.softmax(x[i, :n][context], -1) for x in (out.start_logits, out.end_logits))
+            ps, pe = (torch.softmax(x[i, :n][[0] + context], -1)[1:] for x in (out.start_logits, out.end_logits))
             score, a, b = max((float(ps[x] * pe[y]), x, y) for x in range(len(context))
                               for y in range(x, min(x + 30, len(context))))
             offsets = enc["offset_mapping"][i]

@@ -320,7 +320,9 @@ def best_answers(examples: Sequence[QAExample], features: QAFeatures, start_logi
     """Per example {"text", "score", "start", "end", "n_best"}: the best span over its windows.
 
     In each window the top n_best_size start and end tokens among the context tokens pair into spans of
-    at most max_answer_length tokens, scored p_start * p_end (softmax over the window's context tokens).
+    at most max_answer_length tokens, scored p_start * p_end: softmax over the window's context tokens
+    and its position 0 (as transformers' QA pipeline keeps [CLS] unmasked), where a window without the
+    answer was trained to point, so such a window's spans score low against the window that holds it.
     `start`/`end` are character offsets into the context; the same span seen by two overlapping windows
     keeps its better score. An example with no span gets text "" and score 0.
     """
@@ -331,8 +333,10 @@ def best_answers(examples: Sequence[QAExample], features: QAFeatures, start_logi
         context = off[:, 0] >= 0  # (T,)
         if not context.any():
             continue
-        p_start = _softmax(np.asarray(start_logits[f], dtype=np.float64)[:len(off)], context)
-        p_end = _softmax(np.asarray(end_logits[f], dtype=np.float64)[:len(off)], context)
+        scored = context.copy()
+        scored[0] = True  # the "no answer here" position takes its share of the probability
+        p_start = _softmax(np.asarray(start_logits[f], dtype=np.float64)[:len(off)], scored)
+        p_end = _softmax(np.asarray(end_logits[f], dtype=np.float64)[:len(off)], scored)
         where = np.flatnonzero(context)
         s = where[np.argsort(-p_start[where], kind="stable")[:n_best_size]]
         e = where[np.argsort(-p_end[where], kind="stable")[:n_best_size]]
