@@ -25,6 +25,7 @@ def measure(run_dir: str | Path, *, batch_sizes: tuple[int, ...] = (1, 32), seq_
     from lmforge.pipeline import evaluate_run
     from lmforge.tasks import load_run
 
+    threads = torch.get_num_threads()  # evaluate_run below sets the run's runtime.num_threads: time with ours
     run = load_run(run_dir, device="cpu")
     speed = {}
     for B in batch_sizes:
@@ -37,6 +38,7 @@ def measure(run_dir: str | Path, *, batch_sizes: tuple[int, ...] = (1, 32), seq_
     if finetune is not None:  # a fine-tuned run: its dev file, whole (max_batches counts token-shard batches)
         data, max_batches = data or finetune.dev_file, 0
     metrics = evaluate_run(run_dir, data, max_batches=max_batches, device="cpu")
+    torch.set_num_threads(threads)
     return {"run": str(run_dir), "checkpoint": run.checkpoint.name,
             "parameters": sum(p.numel() for p in run.model.parameters()),
             "file_bytes": (run.checkpoint / "model.safetensors").stat().st_size,
