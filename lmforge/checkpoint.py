@@ -234,8 +234,9 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
 def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu") -> None:
     path = Path(ckpt) / "model.safetensors"
     check_intact(Path(ckpt), ("model.safetensors",))
-    if read_meta(Path(ckpt)).get("quantization"):
-        return _load_quantized(path, model, read_meta(Path(ckpt))["quantization"])
+    quantization = read_meta(Path(ckpt)).get("quantization")
+    if quantization:
+        return _load_quantized(path, model, quantization)
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
     except RuntimeError as e:  # shape mismatches

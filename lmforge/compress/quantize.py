@@ -60,12 +60,6 @@ def quantize_model(model: nn.Module, scheme: str, skip: tuple[str, ...] = ()) ->
     return len(chosen)
 
 
-def compile_forward(model: nn.Module) -> nn.Module:
-    from lmforge.tasks import compile_forward as compile_in_place
-
-    return compile_in_place(model)
-
-
 def sample_batch(model: nn.Module, batch_size: int, seq_len: int) -> dict[str, torch.Tensor]:
     """Random token ids the model takes: (B, T) with T at most its context."""
     cfg = getattr(model, "config", None) or model.backbone.config
@@ -96,6 +90,8 @@ def choose_compile(build, scheme: str, batch: dict[str, torch.Tensor], skip: tup
     eager = build()
     quantize_model(eager, scheme, skip)
     int8_eager = seconds_per_forward(eager, batch)
+    from lmforge.tasks import compile_forward
+
     compiled = compile_forward(build())
     quantize_model(compiled, scheme, skip)
     int8_compiled = seconds_per_forward(compiled, batch, warmup=3)
