@@ -17,7 +17,6 @@ checkpoints/.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import threading
@@ -31,11 +30,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from lmforge.atomic import write_text, writing
 from lmforge.checkpoint import find_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from lmforge.config import check, check_ranges
 from lmforge.errors import LmforgeError
-from lmforge.extras import available, skipped
+from lmforge.metrics_log import MetricsLog, step_of
 from lmforge.objectives import count_targets
 from lmforge.optim import OptimConfig, Schedule, ScheduleConfig, build_optimizer, set_lr
 from lmforge.runtime import Runtime
@@ -121,59 +119,6 @@ class TrainResult:
     best_val_loss: float | None
     signal: int | None = None
     """The signal that interrupted the run."""
-
-
-class MetricsLog:
-    """metrics.jsonl (appended, flushed per line) plus TensorBoard scalars when available."""
-
-    def __init__(self, run_dir: Path, resume_step: int | None, enabled: bool = True) -> None:
-        self.path = Path(run_dir) / "metrics.jsonl"
-        self.enabled = enabled
-        self.file = self.tb = None
-        if not enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():
-            # a killed run may have logged past its last checkpoint: those steps will be redone
-            kept = [ln for ln in self.path.read_text().splitlines() if _step_of(ln) <= resume_step]
-            write_text(self.path, "".join(ln + "\n" for ln in kept))
-        self.file = self.path.open("a")
-        if not available("tensorboard"):  # a side product: metrics.jsonl has every figure
-            print(f"lmforge: {skipped('tensorboard', 'TensorBoard logging')}", flush=True)
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=resume_step)
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with writing(self.path):  # a full disk mid-run: one line; the checkpoints so far stay whole
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record["step"])
-
-    def say(self, message: str) -> None:
-        """One line for people (rank 0 only), printed above the progress bar."""
-        if self.enabled:
-            tqdm.write(f"lmforge: {message}")
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _step_of(line: str) -> float:
-    """The step of a metrics line; a line cut short by a kill (only ever the last) counts as past the end."""
-    try:
-        return json.loads(line)["step"]
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return math.inf
 
 
 class _Flag(threading.Event):
@@ -352,7 +297,7 @@ def resume_point(run_dir: Path, train_cfg: TrainConfig, skip_damaged: bool = Fal
 
 def _check_nothing_lost(run_dir: Path, first_save: int) -> None:
     path = run_dir / "metrics.jsonl"
-    steps = [_step_of(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+    steps = [step_of(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
     reached = max((s for s in steps if s != math.inf), default=0)
     if reached > first_save:
         raise LmforgeError(f"cannot resume {run_dir}: its checkpoints/ holds no checkpoint but metrics.jsonl "
