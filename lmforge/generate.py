@@ -163,6 +163,42 @@ def _emittable(text: str, stop: list[str]) -> int:
     return safe
 
 
+class TextStream:
+    """The text of generated tokens, released as it becomes safe to show.
+
+    `push(token)` returns the new piece (often ""): decoding the whole sequence keeps word joins
+    (WordPiece "##", leading spaces) right, an unfinished UTF-8 character and any ending that could
+    still grow into a stop string are held back. At the first stop string `stopped` turns True and the
+    text ends before it; `flush()` returns what was held back. The pieces join to exactly `text`.
+    """
+
+    def __init__(self, tokenizer, prompt_ids: list[int], stop: list[str] | tuple[str, ...] = ()):
+        self.tokenizer, self.prompt_ids = tokenizer, list(prompt_ids)
+        self.prefix = tokenizer.decode(self.prompt_ids)
+        self.stop = [s for s in stop if s]
+        self.new: list[int] = []
+        self.text, self.shown, self.stopped = "", 0, False
+
+    def push(self, token: int) -> str:
+        self.new.append(token)
+        full = self.tokenizer.decode(self.prompt_ids + self.new)
+        text = full[len(self.prefix):] if full.startswith(self.prefix) else self.tokenizer.decode(self.new)
+        hits = [i for i in (text.find(s) for s in self.stop) if i >= 0]
+        if hits:
+            self.text, self.stopped = text[:min(hits)], True
+            return self.flush()
+        self.text = text
+        safe = _emittable(text, self.stop)
+        if safe <= self.shown:
+            return ""
+        piece, self.shown = text[self.shown:safe], safe
+        return piece
+
+    def flush(self) -> str:
+        piece, self.shown = self.text[self.shown:], max(self.shown, len(self.text))
+        return piece
+
+
 def generate(model: nn.Module, tokenizer, prompt: str | list[int], max_new_tokens: int = 100,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0,
              greedy: bool = False, seed: int | None = None, stop: list[str] | None = None,
@@ -175,28 +211,19 @@ def generate(model: nn.Module, tokenizer, prompt: str | list[int], max_new_token
     """
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(i) for i in prompt]
     ids = ids or [tokenizer.eot_id]  # an empty prompt starts a fresh document
-    stop = [s for s in (stop or []) if s]
+    text = TextStream(tokenizer, ids, stop or [])
     eot_id = tokenizer.eot_id if stop_at_eot else None
-    prefix = tokenizer.decode(ids)
-    new: list[int] = []
-    text, shown = "", 0
     for tok in iter_ids(model, ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, greedy,
                         seed, eot_id):
-        new.append(tok)
-        # decoding the whole sequence keeps word joins (WordPiece "##", leading spaces) right
-        full = tokenizer.decode(ids + new)
-        text = full[len(prefix):] if full.startswith(prefix) else tokenizer.decode(new)
-        hits = [i for i in (text.find(s) for s in stop) if i >= 0]
-        if hits:
-            text = text[:min(hits)]
+        piece = text.push(tok)
+        if stream is not None and piece:
+            stream(piece)
+        if text.stopped:
             break
-        safe = _emittable(text, stop)
-        if stream is not None and safe > shown:
-            stream(text[shown:safe])
-            shown = safe
-    if stream is not None and len(text) > shown:
-        stream(text[shown:])
-    return text
+    rest = text.flush()
+    if stream is not None and rest:
+        stream(rest)
+    return text.text
 
 
 def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[list[tuple[str, float]]]:

@@ -92,8 +92,8 @@ class GPTConfig:
 class KVCache:
     """Keys and values of the positions seen so far, preallocated as (B, nkv, max_len, hs) per layer.
 
-    `pos` counts the positions already written; GPT.forward reads it as the offset of new tokens and
-    advances it after the last layer.
+    Every row holds the same positions: `pos` counts those already written; GPT.forward reads it as the
+    offset of new tokens and advances it after the last layer.
     """
 
     def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_size: int,
@@ -104,14 +104,82 @@ class KVCache:
         self.max_len = max_len
         self.pos = 0
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, nkv, T, hs) at the current position; return all keys and values (B, nkv, S, hs)."""
-        end = self.pos + k.size(2)
-        if end > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions, {end} were asked for")
-        self.k[layer][:, :, self.pos:end] = k
-        self.v[layer][:, :, self.pos:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """Positions of the next T tokens, (T,); raises when they would pass the end."""
+        if self.pos + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions, {self.pos + T} were asked for")
+        return torch.arange(self.pos, self.pos + T, device=device)
+
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, nkv, T, hs) at the current position; return all keys and values (B, nkv, S, hs),
+        the attention mask (None or (T, S)) and whether attention is causal."""
+        start, end = self.pos, self.pos + k.size(2)
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        T, mask = k.size(2), None
+        if start > 0 and T > 1:
+            # query i sits at position start + i and may see keys 0 .. start + i (one query: all keys)
+            mask = torch.ones(T, end, dtype=torch.bool, device=k.device).tril(diagonal=start)
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end], mask, start == 0
+
+    def advance(self, T: int) -> None:
+        self.pos += T
+
+
+class SlotKVCache:
+    """A KV cache whose rows hold sequences of different lengths, for serving many requests in one batch.
+
+    `rows` slots of (nkv, max_len, hs) per layer; the first `active` are in use and each has its own
+    `lengths[row]`. A request's prompt is run alone into a KVCache, then `load`ed into a free row; a
+    decode step feeds one token per active row (B = active, T = 1). When a request leaves, `move` the
+    last active row into its place so that the active rows stay 0 .. active - 1 (slices, no copies).
+    """
+
+    def __init__(self, n_layer: int, rows: int, n_kv_head: int, max_len: int, head_size: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        shape = (rows, n_kv_head, max_len, head_size)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.max_len, self.active = max_len, 0
+        self.lengths = [0] * rows  # host copy: no device sync to find the longest row
+        self._pos = self._mask = None
+
+    def load(self, row: int, cache: KVCache) -> None:
+        """Copy a one-row KVCache (a prefilled prompt) into `row`."""
+        n = cache.pos
+        for layer in range(len(self.k)):
+            self.k[layer][row, :, :n] = cache.k[layer][0, :, :n]
+            self.v[layer][row, :, :n] = cache.v[layer][0, :, :n]
+        self.lengths[row] = n
+
+    def move(self, src: int, dst: int) -> None:
+        if src != dst:
+            n = self.lengths[src]
+            for layer in range(len(self.k)):
+                self.k[layer][dst, :, :n] = self.k[layer][src, :, :n]
+                self.v[layer][dst, :, :n] = self.v[layer][src, :, :n]
+            self.lengths[dst] = n
+
+    def positions(self, T: int, device: torch.device) -> torch.Tensor:
+        """Each active row's next position, (B, 1); decode steps only (T = 1)."""
+        lengths = self.lengths[:self.active]
+        if T != 1 or max(lengths) >= self.max_len:
+            raise ValueError(f"a slot cache feeds one token per row below {self.max_len} positions")
+        self._pos = torch.tensor(lengths, device=device)  # (B,)
+        S = max(lengths) + 1
+        self._mask = (torch.arange(S, device=device) <= self._pos[:, None]).view(len(lengths), 1, 1, S)
+        return self._pos[:, None]
+
+    def attend(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        B, S = self.active, self._mask.size(-1)
+        rows = torch.arange(B, device=k.device)
+        self.k[layer][rows, :, self._pos] = k[:, :, 0]  # (B, nkv, hs) at each row's own position
+        self.v[layer][rows, :, self._pos] = v[:, :, 0]
+        return self.k[layer][:B, :, :S], self.v[layer][:B, :, :S], self._mask, False
+
+    def advance(self, T: int) -> None:
+        for row in range(self.active):
+            self.lengths[row] += T
 
 
 def rope_tables(cfg: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -153,13 +221,7 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         mask, causal = None, True
         if kv_cache is not None:
-            start = kv_cache.pos
-            k, v = kv_cache.update(self.layer, k, v)  # (B, nkv, S, hs)
-            if start > 0:
-                # query i sits at position start + i and may see keys 0 .. start + i (one query: all keys)
-                causal = False
-                if T > 1:
-                    mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(diagonal=start)
+            k, v, mask, causal = kv_cache.attend(self.layer, k, v)  # (B, nkv, S, hs) with the cached keys
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0,
                                            enable_gqa=self.n_kv != self.n_head)  # (B, nh, T, hs)
@@ -255,20 +317,24 @@ class GPT(nn.Module):
         Attention is causal, so a real token never sees the right padding after it: the mask is not
         needed (and a GPT has no token types)."""
         B, T = input_ids.shape
-        start = kv_cache.pos if kv_cache is not None else 0
-        if start + T > self.config.context_len:
-            raise ValueError(f"{start + T} positions exceed context_len={self.config.context_len}")
+        if kv_cache is None:
+            if T > self.config.context_len:
+                raise ValueError(f"{T} positions exceed context_len={self.config.context_len}")
+            pos = torch.arange(T, device=input_ids.device)  # (T,)
+        else:
+            pos = kv_cache.positions(T, input_ids.device)  # (T,), or (B, 1) with a row per request
         x = self.wte(input_ids)  # (B, T, C)
         rope = None
         if self.wpe is not None:
-            x = x + self.wpe(torch.arange(start, start + T, device=input_ids.device))  # (B, T, C)
+            x = x + self.wpe(pos)  # (B, T, C)
         else:
-            rope = self.rope_cos[start:start + T], self.rope_sin[start:start + T]  # (T, hs) each
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, hs) or (B, 1, hs)
+            rope = (cos, sin) if pos.dim() == 1 else (cos.unsqueeze(1), sin.unsqueeze(1))  # over the heads
         x = self.drop(x)
         for block in self.blocks:
             x = block(x, rope, kv_cache)
         if kv_cache is not None:
-            kv_cache.pos += T
+            kv_cache.advance(T)
         return self.ln_f(x)  # (B, T, C)
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
@@ -276,6 +342,12 @@ class GPT(nn.Module):
         cfg, w = self.config, self.wte.weight
         return KVCache(cfg.n_layer, batch_size, cfg.kv_heads(), max_len or cfg.context_len,
                        cfg.head_size(), device=w.device, dtype=w.dtype)
+
+    def new_slot_cache(self, rows: int) -> SlotKVCache:
+        """An empty cache of `rows` independent sequences of up to context_len positions (serving)."""
+        cfg, w = self.config, self.wte.weight
+        return SlotKVCache(cfg.n_layer, rows, cfg.kv_heads(), cfg.context_len, cfg.head_size(), device=w.device,
+                           dtype=w.dtype)
 
     def layer_of(self, name: str) -> int:
         """Depth of a parameter: 0 the embeddings, 1..n_layer the blocks, n_layer + 1 the top."""
