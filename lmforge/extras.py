@@ -14,7 +14,8 @@ from lmforge.errors import LmforgeError
 
 EXTRA_OF = {"matplotlib": "plot", "tensorboard": "tensorboard", "transformers": "hf", "datasets": "hf",
             "huggingface_hub": "hf", "pyarrow": "parquet", "datasketch": "dedup",
-            "sacrebleu": "seq2seq", "rouge_score": "seq2seq", "seqeval": "ner", "torchao": "compress"}
+            "sacrebleu": "seq2seq", "rouge_score": "seq2seq", "seqeval": "ner", "torchao": "compress",
+            "fastapi": "serve", "uvicorn": "serve"}
 """Optional top-level package -> the lmforge extra that installs it."""
 
 

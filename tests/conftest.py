@@ -111,3 +111,62 @@ def block_packages(monkeypatch, *packages: str) -> None:
 def without(monkeypatch):
     """`without("matplotlib", ...)`: those packages are missing for the rest of the test."""
     return lambda *packages: block_packages(monkeypatch, *packages)
+
+
+SERVE_TINY = ("[model]\nkind = \"{kind}\"\n{model}\n[train]\nmax_steps = 30\nbatch_size = 8\neval_every = 0\n"
+              "eval_batches = 1\nsave_every = 30\nprogress = false\n\n[optim]\nlr = 0.01\n\n[schedule]\n"
+              "warmup_steps = 2\n\n[runtime]\ndevice = \"cpu\"\n")
+
+
+@pytest.fixture(scope="session")
+def serve_runs(tmp_path_factory, tiny_shards) -> dict[str, Path]:
+    """Tiny trained runs of every kind the server serves: gpt, rnn, bert (fill-mask), a classifier."""
+    from lmforge.cli import main
+
+    root = tmp_path_factory.mktemp("serve_runs")
+    models = {"gpt": "context_len = 64\nn_layer = 2\nn_head = 2\nd_model = 32\n",
+              "rnn": "n_layer = 1\nd_embed = 32\nd_hidden = 32\ncell = \"lstm\"\n",
+              "bert": "context_len = 64\nn_layer = 1\nn_head = 2\nd_model = 32\ndropout = 0.0\nattn_dropout = 0.0\n"}
+    out = {}
+    for kind, model in models.items():
+        (root / f"{kind}.toml").write_text(SERVE_TINY.format(kind=kind, model=model))
+        args = ["pretrain", "--config", root / f"{kind}.toml", "--data", tiny_shards, "--out", root / kind]
+        assert main([str(a) for a in args]) == 0
+        out[kind] = root / kind
+    rows = [(f"the model reads {w} text", lab) for w, lab in (("good", "positive"), ("bad", "negative"))] * 8
+    (root / "data.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in rows))
+    args = ["finetune", "--from", out["bert"], "--train", root / "data.tsv", "--dev", root / "data.tsv",
+            "--out", root / "clf", "--max_steps", "10", "--per-device-train-batch-size", "8", "--quiet"]
+    assert main([str(a) for a in args]) == 0
+    out["clf"] = root / "clf"
+    return out
+
+
+class ServerThread:
+    """A uvicorn server for `app` on 127.0.0.1 and a free port, in a thread: `with ServerThread(app) as url`."""
+
+    def __init__(self, app):
+        import socket
+
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+
+    def __enter__(self) -> str:
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            assert time.time() < deadline, "the server did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=20)

@@ -25,7 +25,7 @@ LAYERS = [
     ("lmforge.evaluate", "lmforge.generate", "lmforge.generate_seq2seq"),
     ("lmforge.tasks",),
     ("lmforge.pipeline",),
-    ("lmforge.quickstart", "lmforge.plot", "lmforge.interop", "lmforge.compress"),
+    ("lmforge.quickstart", "lmforge.plot", "lmforge.interop", "lmforge.compress", "lmforge.serve"),
     ("lmforge.cli", "lmforge.__main__"),
 ]
 """The documented order, lowest first (ARCHITECTURE.md)."""

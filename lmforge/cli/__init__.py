@@ -3,7 +3,7 @@ library, nothing more.
 
 data: corpus build, tokenizer train|encode|decode, shards build. train: pretrain, finetune,
 quickstart. infer: generate, fill-mask, classify. extract: ner, qa. tools: eval, plot, export, import-hf.
-compress: distill, prune, quantize.
+compress: distill, prune, quantize. serve: the HTTP API and playground.
 
 Heavy imports (torch, tokenizers) happen inside the functions so `lmforge --help` answers at once. User
 mistakes raise `LmforgeError`, printed here as one line with exit status 2.
@@ -21,7 +21,7 @@ from lmforge.errors import Interrupted, LmforgeError
 def build_parser(finetune_flags: bool = True) -> argparse.ArgumentParser:
     """The whole parser; `finetune_flags=False` skips the [finetune] flags (see cli/train.py)."""
     from lmforge import __version__
-    from lmforge.cli import compress, data, extract, infer, tools, train
+    from lmforge.cli import compress, data, extract, infer, serve, tools, train
 
     parser = argparse.ArgumentParser(prog="lmforge", description="Language-model pretraining, end to end.")
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
@@ -32,6 +32,7 @@ def build_parser(finetune_flags: bool = True) -> argparse.ArgumentParser:
     extract.register(sub)
     tools.register(sub)
     compress.register(sub)
+    serve.register(sub)
     return parser
 
 
