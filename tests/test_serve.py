@@ -21,8 +21,40 @@ openai = pytest.importorskip("openai")
 
 
 @pytest.fixture(scope="module")
-def runs(serve_runs):
-    return {name: load_run(path) for name, path in serve_runs.items()}
+def runs(serve_runs, tmp_path_factory):
+    """conftest's gpt, rnn, bert and classifier, plus ner and qa heads on that bert and a tiny t5."""
+    from conftest import make_english, make_shards
+
+    from lmforge.cli import main
+    from lmforge.tokenizer import TokenizerConfig
+
+    root = tmp_path_factory.mktemp("serve_more")
+    people, places = ["Alice Smith", "Bob Jones", "Carol White"], ["Paris", "New York", "Berlin"]
+    conll, paragraphs = [], []
+    for i in range(60):
+        person, place = people[i % 3].split(), places[i % 3].split()
+        words = [*person, "flew", "to", *place, "today"]
+        tags = ["I-PER"] * len(person) + ["O", "O"] + ["I-LOC"] * len(place) + ["O"]
+        conll += [f"{w} NNP I-NP {t}" for w, t in zip(words, tags)] + [""]
+        context = f"The story is short. {people[i % 3]} lives in {places[i % 3]} now."
+        answer = {"text": places[i % 3], "answer_start": context.index(places[i % 3])}
+        question = {"id": f"q{i}", "question": f"Where does {people[i % 3]} live?", "answers": [answer]}
+        paragraphs.append({"context": context, "qas": [question]})
+    (root / "ner.txt").write_text("\n".join(conll) + "\n")
+    (root / "squad.json").write_text(json.dumps({"version": "1.1", "data": [{"title": "t", "paragraphs": paragraphs}]}))
+    for task, data, extra in (("ner", "ner.txt", []), ("qa", "squad.json", ["--max_query_length", "16"])):
+        assert main([str(a) for a in ["finetune", "--task", task, "--from", serve_runs["bert"], "--train", root / data,
+                                      "--dev", root / data, "--out", root / task, "--max_steps", "6", "--quiet",
+                                      *extra]]) == 0
+    (root / "t5data").mkdir()
+    shards = make_shards(root / "t5data", make_english(120, seed=5), 12, TokenizerConfig(kind="bpe", vocab_size=300,
+                                                                                         extra_ids=10))
+    assert main([str(a) for a in ["pretrain", "--config", "t5-tiny", "--data", shards, "--out", root / "t5",
+                                  "--set", "train.max_steps=4", "--set", "train.batch_size=4", "--set",
+                                  "data.seq_len=32", "--set", "train.eval_every=0", "--set", "train.save_every=4",
+                                  "--set", "train.progress=false"]]) == 0
+    paths = {**serve_runs, "ner": root / "ner", "qa": root / "qa", "t5": root / "t5"}
+    return {name: load_run(path) for name, path in paths.items()}
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +175,8 @@ def test_api_key(runs):
 def test_models_and_health(client, server):
     models = {m.id: m for m in client.models.list().data}
     assert {k: m.task for k, m in models.items()} == {"gpt": "causal_lm", "rnn": "bptt", "bert": "masked_lm",
-                                                      "clf": "classify"}
+                                                      "clf": "classify", "ner": "ner", "qa": "qa",
+                                                      "t5": "span_corruption"}
     assert models["bert"].endpoint == "/v1/fill-mask" and models["gpt"].context_length == 64
     health = httpx.get(server[0] + "/health").json()
     assert health["status"] == "ok" and health["models"]["gpt"]["active"] == 0
@@ -166,6 +199,27 @@ def test_fill_mask_and_classify_equal_the_library(server, runs):
     assert bad.status_code == 400 and mask in bad.json()["error"]["message"]
     bad = post(url, "/v1/classify", {"model": "clf", "input": ["a", "b"], "input_pair": ["c"]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input_pair"
+
+
+def test_ner_qa_and_t5_equal_the_library(server, runs, client):
+    from lmforge.generate_seq2seq import Decoding, translate
+    from lmforge.tasks.ner import ner
+    from lmforge.tasks.qa import qa
+
+    url = server[0]
+    texts = ["Alice Smith flew to Berlin today", "Bob Jones flew to Paris today"]
+    r = post(url, "/v1/ner", {"model": "ner", "input": texts}).json()
+    assert [d["entities"] for d in r["data"]] == ner(runs["ner"], texts)
+    question, context = "Where does Carol White live?", "The story is short. Carol White lives in Berlin now."
+    r = post(url, "/v1/qa", {"model": "qa", "question": question, "context": context}).json()
+    assert {k: v for k, v in r["data"][0].items() if k != "index"} == qa(runs["qa"], [question], [context])[0]
+    t5 = runs["t5"]
+    r = client.completions.create(model="t5", prompt="the model reads text", max_tokens=8)
+    want = translate(t5.model, t5.tokenizer, ["the model reads text"], Decoding(max_new_tokens=8), "",
+                     t5.config.model.context_len)[0]
+    assert r.choices[0].text == want.text and r.usage.completion_tokens == want.tokens
+    with pytest.raises(openai.BadRequestError, match="stop: is not supported for encoder-decoder"):
+        client.completions.create(model="t5", prompt="x", max_tokens=4, stop=["a"])
 
 
 def test_a_client_that_leaves_mid_stream_frees_its_row(server):
