@@ -172,12 +172,13 @@ def test_api_key(runs):
         assert httpx.post(url + "/v1/completions", json={"model": "gpt", "prompt": "x"}).status_code == 401
 
 
-def test_models_and_health(client, server):
+def test_models_and_health(client, server, runs):
     models = {m.id: m for m in client.models.list().data}
     assert {k: m.task for k, m in models.items()} == {"gpt": "causal_lm", "rnn": "bptt", "bert": "masked_lm",
                                                       "clf": "classify", "ner": "ner", "qa": "qa",
                                                       "t5": "span_corruption"}
     assert models["bert"].endpoint == "/v1/fill-mask" and models["gpt"].context_length == 64
+    assert models["bert"].mask_token == runs["bert"].tokenizer.id_to_piece(runs["bert"].tokenizer.mask_id)
     health = httpx.get(server[0] + "/health").json()
     assert health["status"] == "ok" and health["models"]["gpt"]["active"] == 0
 

@@ -121,12 +121,16 @@ def create_app(runs: dict, limits: Limits = Limits(), api_key: str | None = None
     async def health():
         return {"status": "ok", "models": {name: s.describe() for name, s in served.items()}}
 
+    def card(name: str, s: Served) -> dict:
+        out = {"id": name, "object": "model", "created": created, "owned_by": "lmforge", "task": s.run.task.name,
+               "endpoint": s.endpoint, "context_length": getattr(s.run.model.config, "max_positions", None)}
+        if s.endpoint == "/v1/fill-mask":
+            out["mask_token"] = s.run.tokenizer.id_to_piece(s.run.tokenizer.mask_id)
+        return out
+
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [
-            {"id": name, "object": "model", "created": created, "owned_by": "lmforge", "task": s.run.task.name,
-             "endpoint": s.endpoint, "context_length": getattr(s.run.model.config, "max_positions", None)}
-            for name, s in served.items()]}
+        return {"object": "list", "data": [card(name, s) for name, s in served.items()]}
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):

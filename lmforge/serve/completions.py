@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -26,6 +27,8 @@ from lmforge.generate import TextStream
 from lmforge.serve.engine import Request, Sampling
 from lmforge.serve.errors import ApiError, check
 from lmforge.serve.schemas import CompletionRequest
+
+log = logging.getLogger("lmforge.serve")
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 MAX_STOP = 4
@@ -70,10 +73,8 @@ async def complete(served, body: CompletionRequest, limits):
             jobs.append(Request(ids, sampling, lambda kind, value, index=index:
                                 loop.call_soon_threadsafe(events.put_nowait, (index, kind, value))))
             streams.append(TextStream(tok, ids, stop))
-    for job in jobs:
-        served.engine.submit(job)
     reply = Reply(served.name, sum(len(ids) for ids in encoded), body)
-    pieces = _pieces(jobs, streams, events, reply)
+    pieces = _pieces(served.engine, jobs, streams, events, reply)
     if body.stream:
         return StreamingResponse(_sse(pieces, reply), media_type="text/event-stream")
     texts, reasons = [""] * len(jobs), [None] * len(jobs)
@@ -108,11 +109,14 @@ class Reply:
         return {**out, "usage": None} if self.include_usage else out
 
 
-async def _pieces(jobs: list[Request], streams: list[TextStream], events: asyncio.Queue, reply: Reply
+async def _pieces(engine, jobs: list[Request], streams: list[TextStream], events: asyncio.Queue, reply: Reply
                   ) -> AsyncIterator[tuple[int, str, str | None]]:
-    """(choice index, new text, finish reason or None) as the engine produces tokens."""
+    """(choice index, new text, finish reason or None) as the engine produces tokens. The jobs are
+    submitted when the first piece is asked for: a client gone before that costs no generation."""
     open_ = set(range(len(jobs)))
     try:
+        for job in jobs:
+            engine.submit(job)
         while open_:
             index, kind, value = await events.get()
             if index not in open_:
@@ -145,6 +149,11 @@ async def _sse(pieces: AsyncIterator, reply: Reply) -> AsyncIterator[str]:
             yield f"data: {json.dumps({**reply.head(), 'choices': [], 'usage': reply.usage()})}\n\n"
     except ApiError as e:  # the status line is gone already: the error goes in the stream
         yield f"data: {json.dumps(e.body())}\n\n"
+    except Exception as e:
+        log.exception("a completion stream failed")
+        error = ApiError(500, f"internal error ({type(e).__name__}); the server log has the details",
+                         code="server_error")
+        yield f"data: {json.dumps(error.body())}\n\n"
     finally:
         await pieces.aclose()
     yield "data: [DONE]\n\n"
