@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.atomic import output_dir, write_json
-from lmforge.config import read_toml, save_config
+from lmforge.config import check, read_toml, save_config
 from lmforge.data.loaders import DataConfig
 from lmforge.errors import LmforgeError
-from lmforge.models import GPTConfig, ModelConfig
+from lmforge.models import GPTConfig, ModelConfig, model_class
 from lmforge.optim import OptimConfig, ScheduleConfig
 from lmforge.runtime import RuntimeConfig
 from lmforge.train import TrainConfig
@@ -52,6 +52,11 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        check(not self.runtime.activation_checkpointing or model_class(self.model).recomputable_layers,
+              "runtime.activation_checkpointing", f"is not implemented for {self.model.kind} models (it is for gpt, "
+              "bert and t5): set it to false")
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,12 @@ LAYERS = [
     ("lmforge.objectives", "lmforge.optim", "lmforge.runtime", "lmforge.checkpoint", "lmforge.launch",
      "lmforge.metrics_log"),
     ("lmforge.train",),
-    ("lmforge.runs",),
+    ("lmforge.runs", "lmforge.plan", "lmforge.plan_memory", "lmforge.plan_activations"),
     ("lmforge.evaluate", "lmforge.generate", "lmforge.generate_seq2seq"),
     ("lmforge.tasks",),
-    ("lmforge.pipeline",),
-    ("lmforge.quickstart", "lmforge.plot", "lmforge.interop", "lmforge.compress", "lmforge.serve"),
+    ("lmforge.pipeline", "lmforge.plan_timing"),
+    ("lmforge.quickstart", "lmforge.plot", "lmforge.interop", "lmforge.compress", "lmforge.serve",
+     "lmforge.probe", "lmforge.probe_lm", "lmforge.probe_exposure", "lmforge.probe_extraction", "lmforge.probe_pii"),
     ("lmforge.cli", "lmforge.__main__"),
 ]
 """The documented order, lowest first (ARCHITECTURE.md)."""

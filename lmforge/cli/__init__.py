@@ -21,7 +21,7 @@ from lmforge.errors import Interrupted, LmforgeError
 def build_parser(finetune_flags: bool = True) -> argparse.ArgumentParser:
     """The whole parser; `finetune_flags=False` skips the [finetune] flags (see cli/train.py)."""
     from lmforge import __version__
-    from lmforge.cli import compress, data, extract, infer, serve, tools, train
+    from lmforge.cli import compress, data, extract, infer, plan, probe, serve, tools, train
 
     parser = argparse.ArgumentParser(prog="lmforge", description="Language-model pretraining, end to end.")
     parser.add_argument("--version", action="version", version=f"lmforge {__version__}")
@@ -33,6 +33,8 @@ def build_parser(finetune_flags: bool = True) -> argparse.ArgumentParser:
     tools.register(sub)
     compress.register(sub)
     serve.register(sub)
+    plan.register(sub)
+    probe.register(sub)
     return parser
 
 

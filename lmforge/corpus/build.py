@@ -14,6 +14,8 @@ from pathlib import Path
 
 from lmforge.atomic import output_dir, write_json, write_text
 from lmforge.config import dumps_toml, to_dict
+from lmforge.corpus.canaries import FILE as CANARIES
+from lmforge.corpus.canaries import Canaries
 from lmforge.corpus.clean import (
     InvalidUtf8,
     Junk,
@@ -46,6 +48,9 @@ def build_stages(cfg: CorpusConfig) -> list[Stage]:
     stages += [NearDedup(cfg.near_threshold, cfg.num_perm, cfg.shingle_size)] if cfg.dedup_near else []
     stages += [ScrubPii()] if cfg.scrub_pii else []
     return stages
+
+
+_AFTER_CANARIES = ("dedup_exact", "dedup_near", "scrub_pii")
 
 
 def run_stages(docs: Iterable[str], stages: list[Stage], counts: dict[str, dict[str, int]]) -> Iterator[str]:
@@ -90,6 +95,9 @@ def build_corpus(inputs: list[str], out: Path, cfg: CorpusConfig, overwrite: boo
     check_extras([*inputs, *held_out["val"], *held_out["test"]], cfg)
     start = time.perf_counter()
     stages = build_stages(cfg)
+    # canaries go in after cleaning, before dedup and scrubbing, which then treat them as any text
+    cut = next((i for i, s in enumerate(stages) if s.name in _AFTER_CANARIES), len(stages))
+    canaries = Canaries(cfg) if cfg.canaries else None
     read, totals, counts = ReadStats(), {"documents": 0, "characters": 0}, {}
     splits = ["train", "val"] + (["test"] if held_out["test"] else [])
     val_fraction = 0.0 if held_out["val"] else cfg.val_fraction
@@ -101,7 +109,11 @@ def build_corpus(inputs: list[str], out: Path, cfg: CorpusConfig, overwrite: boo
                 for text in run_stages(bar_iter(raw, bar), stages, counts):
                     writers[split].add(text)
             raw = _counted(iter_inputs(inputs, cfg, read), totals)
-            docs = shuffle(run_stages(bar_iter(raw, bar), stages, counts), cfg.shuffle_buffer, cfg.seed)
+            docs = run_stages(bar_iter(raw, bar), stages[:cut], counts)
+            docs = run_stages(canaries.insert(docs) if canaries else docs, stages[cut:], counts)
+            docs = shuffle(docs, cfg.shuffle_buffer, cfg.seed)
+            if canaries:
+                docs = canaries.divert(docs, writers["train"].add)
             for split, text in assign_splits(docs, val_fraction, cfg.seed):
                 writers[split].add(text)
         for w in writers.values():
@@ -109,9 +121,13 @@ def build_corpus(inputs: list[str], out: Path, cfg: CorpusConfig, overwrite: boo
         _check_not_empty(inputs, totals, read, stages, counts)
         report = _report(inputs, held_out, cfg, read, totals, stages, counts, writers,
                          time.perf_counter() - start)
+        if canaries:
+            report["canaries"] = {"file": CANARIES, "hosts": cfg.canary_hosts,
+                                  "in_train": [c["in_train"] for c in canaries.canaries]}
+            write_json(tmp / CANARIES, canaries.record())
         write_json(tmp / "report.json", report)
         write_text(tmp / "config.toml", dumps_toml({"corpus": to_dict(cfg)}))
-    print(summary(report, out))
+    print(summary(report, out) + ("\n" + canaries.summary() if canaries else ""))
     return report
 
 

@@ -57,6 +57,19 @@ class CorpusConfig:
     """Documents per output shard file."""
     format: Literal["jsonl.zst", "jsonl.gz", "parquet"] = "jsonl.zst"
     """Output shard format."""
+    canaries: str = ""
+    """Repetition counts of canaries (random secrets) to write into training documents, e.g. "1,5,20";
+    recorded in canaries.json for `lmforge probe memorization` (corpus/canaries.py). Empty: none."""
+    canaries_per_count: int = 1
+    """Canaries made for each repetition count (more give a steadier exposure per count)."""
+    canary_template: str = "{name}'s PIN is {secret}"
+    """A canary's line: {secret} is canary_digits random digits separated by spaces, {name} a first name
+    (another for each canary)."""
+    canary_digits: int = 6
+    """Digits of a secret: the probe ranks each canary among 10^canary_digits candidates."""
+    canary_hosts: Literal["distinct", "copies"] = "distinct"
+    """Where the repetitions go: each into another random training document, or one random document
+    copied that many times (as a mirrored page: exact dedup then keeps one)."""
 
     def __post_init__(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "corpus.val_fraction", "must be in [0, 1)")
@@ -64,3 +77,9 @@ class CorpusConfig:
         check_ranges(self, "corpus", positive="num_perm shingle_size shuffle_buffer docs_per_shard",
                      non_negative="min_chars min_letter_ratio")
         check(self.max_chars > self.min_chars, "corpus.max_chars", "must be larger than corpus.min_chars")
+        check(1 <= self.canary_digits <= 18, "corpus.canary_digits", "must be in [1, 18]")
+        check(self.canaries_per_count >= 1, "corpus.canaries_per_count", "must be >= 1")
+        if self.canaries:
+            from lmforge.corpus.canaries import check_template, parse_counts
+
+            check_template(self.canary_template, len(parse_counts(self.canaries)) * self.canaries_per_count)

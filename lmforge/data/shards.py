@@ -9,7 +9,8 @@ document start offsets:
     offsets (D + 1,)   uint64 local document starts; the last one is N
 
 Documents are never split across shards. A shards folder holds `{split}-{index:05d}.bin` files,
-`manifest.json` (counts, checksums, text bytes per split for bits-per-byte), `tokenizer/` and
+`manifest.json` (counts, checksums, text bytes per split for bits-per-byte, the corpus folder it was built
+from), `tokenizer/` and
 `config.toml`.
 """
 
@@ -226,7 +227,7 @@ def build_shards(corpus_dir: Path, tokenizer_dir: Path, out: Path, cfg: ShardCon
     n_workers = _workers(cfg)
     manifest = {"format_version": VERSION, "tokenizer_fingerprint": tok.fingerprint,
                 "vocab_size": tok.vocab_size, "dtype": DTYPES[dtype_code(tok.vocab_size)].name,
-                "eot_id": tok.eot_id, "splits": {}}
+                "eot_id": tok.eot_id, "corpus": str(Path(corpus_dir).resolve()), "splits": {}}
     t0 = time.perf_counter()
     with output_dir(out, overwrite=overwrite) as tmp:
         shutil.copytree(tok_dir, tmp / "tokenizer")

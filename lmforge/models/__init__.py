@@ -18,6 +18,7 @@ model's kind:
 | `layer_of(name)` | depth of a parameter: 0 embeddings, 1..n_layer blocks, n_layer + 1 top |
 | `blocks` (`encoder`/`decoder` for T5) | its layers, `nn.ModuleList`s (FSDP shards each layer) |
 | `num_params(non_embedding)`, `flops_per_token(seq_len)` | size and training cost |
+| `recomputable_layers` | whether `runtime.activation_checkpointing` may recompute its layers in backward |
 
 `pruning.py` says where each attention head and FFN neuron of a GPT or BERT block lives, for structured
 pruning (compress/prune.py).

@@ -162,6 +162,7 @@ class Block(nn.Module):
 class Bert(nn.Module):
     # the backbone contract (models/__init__.py)
     pretraining_task = "masked_lm"
+    recomputable_layers = True  # runtime.activation_checkpointing recomputes each of its layers
     decoding = None
     default_pooling = "cls"
     lm_head_prefixes = ("head_dense.", "head_norm.", "decoder.")

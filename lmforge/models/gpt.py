@@ -273,6 +273,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     # the backbone contract (models/__init__.py)
     pretraining_task = "causal_lm"
+    recomputable_layers = True  # runtime.activation_checkpointing recomputes each of its layers
     decoding = "kv_cache"
     default_pooling = "last"
     lm_head_prefixes = ("lm_head.",)

@@ -58,6 +58,7 @@ State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 class RNNLM(nn.Module):
     # the backbone contract (models/__init__.py)
     pretraining_task = "bptt"
+    recomputable_layers = False  # one fused recurrent module: no layers to recompute
     decoding = "recurrent"
     default_pooling = "last"
     lm_head_prefixes = ("decoder.",)

@@ -233,6 +233,7 @@ def _mask_bias(mask: torch.Tensor) -> torch.Tensor:
 class T5(nn.Module):
     # the backbone contract (models/__init__.py)
     pretraining_task = "span_corruption"
+    recomputable_layers = True  # runtime.activation_checkpointing recomputes each of its layers
     decoding = "encoder_decoder"
     default_pooling = "mean"
     lm_head_prefixes = ("lm_head.", "decoder.", "dec_norm.")  # a head on the encoder never runs the decoder
