@@ -3,7 +3,8 @@ library, nothing more.
 
 data: corpus build, tokenizer train|encode|decode, shards build. train: pretrain, finetune,
 quickstart. infer: generate, fill-mask, classify. extract: ner, qa. tools: eval, plot, export, import-hf.
-compress: distill, prune, quantize. serve: the HTTP API and playground.
+compress: distill, prune, quantize. serve: the HTTP API and playground. plan: compute and memory before
+training. probe: memorisation after.
 
 Heavy imports (torch, tokenizers) happen inside the functions so `lmforge --help` answers at once. User
 mistakes raise `LmforgeError`, printed here as one line with exit status 2.
