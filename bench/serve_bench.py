@@ -140,8 +140,8 @@ def main() -> None:
            "HF_HUB_OFFLINE": "1"}
     lm = [sys.executable, "-m", "lmforge"]
     run = Path(a.run) if a.run else a.work / "quickstart" / "run"
-    if not a.run and not run.is_dir():
-        subprocess.run(lm + ["quickstart", "--out", str(a.work / "quickstart")], check=True, env=env)
+    if not a.run and not (run / "config.toml").is_file():
+        subprocess.run(lm + ["quickstart", "--out", str(a.work / "quickstart"), "--fresh"], check=True, env=env)
     export = a.work / "hf-export"
     if not (export / "config.json").is_file():
         subprocess.run(lm + ["export", str(run), "--format", "hf", "--out", str(export), "--overwrite"], check=True,
