@@ -73,6 +73,7 @@ def test_seeded_sampling_is_reproducible_and_independent_of_the_batch():
     finally:
         engine.close()
     assert crowd[1][0] == alone
+    assert crowd[0][0] == generate_ids(model, [9, 8], max_new_tokens=5, temperature=1.0, seed=1)  # shared softmax
     assert alone == generate_ids(model, [1, 2, 3], max_new_tokens=12, temperature=0.9, top_k=20, top_p=0.95,
                                  repetition_penalty=1.2, seed=5)
 

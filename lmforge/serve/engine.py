@@ -52,6 +52,11 @@ class Request:
         self.emit("done", reason)
 
 
+def _plain(s: Sampling) -> bool:
+    """Sampling at a temperature with no other filter (the rows that can share one softmax)."""
+    return s.temperature > 0 and s.top_k == 0 and s.top_p >= 1.0 and s.repetition_penalty == 1.0
+
+
 class Engine:
     """The decode loop of one model; `submit` requests, `close` when done."""
 
@@ -151,8 +156,16 @@ class Engine:
                 if not request.cancelled:
                     self._emit(request, row, best[row])
             return
+        plain = [row for row, r in enumerate(self.rows) if _plain(r.sampling)]
+        if plain:  # temperature alone: one softmax for all those rows, then each row's own draw
+            temps = torch.tensor([self.rows[row].sampling.temperature for row in plain], device=logits.device)
+            probs = torch.softmax(logits[plain].float() / temps[:, None], dim=-1).cpu()  # (P, V)
+            for i, row in enumerate(plain):
+                request = self.rows[row]
+                if not request.cancelled:
+                    self._emit(request, row, int(torch.multinomial(probs[i], 1, generator=request.rng)))
         for row, request in enumerate(self.rows):
-            if not request.cancelled:
+            if not request.cancelled and not _plain(request.sampling):
                 self._take(request, row, logits[row])
 
     def _take(self, request: Request, row: int, logits: torch.Tensor) -> None:
