@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from lmforge.data.squad import QAExample, best_answers, make_features, read_qa, split_by_article
 from lmforge.errors import LmforgeError
 from lmforge.evaluate import cmrc_metrics, qa_metrics, squad_metrics
 
-SQUAD_DEV = Path("/work/shared/data/qa/squad-v1.1/dev-v1.1.json")
+SQUAD_DEV = SHARED_DATA / "qa" / "squad-v1.1" / "dev-v1.1.json"
 WORDS = ("river bank money stone north city green valley council bridge market winter harbor tower "
          "garden mountain school station forest castle island museum village").split()
 HANZI = "北京上海长江黄河大学图书馆城市历史文化经济发展人民政府山水"
@@ -253,7 +253,7 @@ def test_best_answers_finds_the_span_planted_in_the_second_window(tokenizers):
     assert short["text"] != best["text"]
 
 
-@pytest.mark.skipif(not SQUAD_DEV.is_file(), reason="no SQuAD v1.1 dev set in /work/shared/data")
+@pytest.mark.skipif(not SQUAD_DEV.is_file(), reason="no SQuAD v1.1 dev set in ../shared/data")
 def test_official_squad_dev_set_reads():
     d = read_qa(SQUAD_DEV)
     assert len(d) == 10570 and d.describe().endswith("10570 questions, 2067 contexts, 48 articles "
