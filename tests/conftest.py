@@ -170,9 +170,3 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
-
-
-def pytest_collection_modifyitems(items) -> None:
-    """The long tests (marked slow) first: with `pytest -n 2` each starts at once on a worker of its own and
-    the short ones fill in around them, instead of the longest starting last and running alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
