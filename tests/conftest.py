@@ -142,17 +142,22 @@ def serve_runs(tmp_path_factory, tiny_shards) -> dict[str, Path]:
     return out
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class ServerThread:
     """A uvicorn server for `app` on 127.0.0.1 and a free port, in a thread: `with ServerThread(app) as url`."""
 
     def __init__(self, app):
-        import socket
-
         import uvicorn
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
 
     def __enter__(self) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import pytest
 
 from lmforge.cli.serve import named_runs
 from lmforge.errors import LmforgeError
+from tests.conftest import free_port
 
 
 def test_names(tmp_path):
@@ -28,12 +28,6 @@ def test_refusals_are_one_line(cli, serve_runs, tmp_path):
     assert code == 2 and err.strip() == "lmforge: error: --max-batch must be >= 1"
     code, _, err = cli("serve", tmp_path / "missing")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "missing" in err
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_command_serves_until_stopped(serve_runs):

@@ -75,8 +75,8 @@ def _generate_seq2seq(args: argparse.Namespace, run) -> int:
     from pathlib import Path
 
     from lmforge.atomic import write_text
-    from lmforge.generate_seq2seq import Decoding, translate
-    from lmforge.tasks.finetuning import max_length_of
+    from lmforge.generate_seq2seq import translate
+    from lmforge.tasks.seq2seq import run_decoding
 
     wrong = _given(args, _CAUSAL_FLAGS)
     if wrong:
@@ -89,8 +89,7 @@ def _generate_seq2seq(args: argparse.Namespace, run) -> int:
         raise LmforgeError('generate with an encoder-decoder needs --input "TEXT" (repeatable) or --input-file '
                            "FILE, one of the two")
     seq2seq = run.task.name == "seq2seq"
-    ft = run.config.finetune if seq2seq else None
-    base = ft.decoding() if seq2seq else Decoding(max_new_tokens=100, num_beams=1)
+    base, prefix, max_length = run_decoding(run)
     given = {k: getattr(args, k) for k in ("max_new_tokens", "num_beams", "length_penalty", "no_repeat_ngram_size",
                                            "temperature", "top_k", "top_p", "seed") if getattr(args, k) is not None}
     given.update({k: True for k in ("early_stopping", "do_sample") if getattr(args, k)})
@@ -102,8 +101,6 @@ def _generate_seq2seq(args: argparse.Namespace, run) -> int:
         texts, described = _read_sources(run, Path(args.input_file))
     else:
         texts = list(args.input)
-    prefix = ft.source_prefix if seq2seq else ""
-    max_length = max_length_of(run.config) if seq2seq else run.config.model.context_len
     outputs = translate(run.model, run.tokenizer, texts, decoding, prefix, max_length, args.batch_size,
                         progress=bool(args.input_file) and not args.quiet)
     how = f"beam search ({decoding.num_beams} beams)" if decoding.num_beams > 1 else \

@@ -162,21 +162,18 @@ async def _sse(pieces: AsyncIterator, reply: Reply) -> AsyncIterator[str]:
 async def _seq2seq(served, body: CompletionRequest, prompts: list[str], max_tokens: int, stop: list[str]):
     import dataclasses
 
-    from lmforge.generate_seq2seq import Decoding, translate
-    from lmforge.tasks.finetuning import max_length_of
+    from lmforge.generate_seq2seq import translate
+    from lmforge.tasks.seq2seq import run_decoding
 
     check(not stop, "stop", "is not supported for encoder-decoder (t5) runs")
     check(body.repetition_penalty == 1.0, "repetition_penalty", "is not supported for encoder-decoder (t5) runs; "
           "no_repeat_ngram_size comes from the run")
     run = served.run
-    seq2seq = run.task.name == "seq2seq"
-    base = run.config.finetune.decoding() if seq2seq else Decoding(max_new_tokens=max_tokens)
+    base, prefix, max_length = run_decoding(run, max_tokens)
     sample = "temperature" in body.model_fields_set and body.temperature > 0
     decoding = dataclasses.replace(base, max_new_tokens=max_tokens, **(
         {"do_sample": True, "num_beams": 1, "temperature": body.temperature, "top_k": body.top_k,
          "top_p": body.top_p, "seed": body.seed} if sample else {}))
-    prefix = run.config.finetune.source_prefix if seq2seq else ""
-    max_length = max_length_of(run.config) if seq2seq else run.config.model.context_len
     sources = [p for p in prompts for _ in range(body.n)]
     outputs = await run_in_threadpool(translate, run.model, run.tokenizer, sources, decoding, prefix, max_length)
     reply = Reply(served.name, sum(len(run.tokenizer.encode(prefix + p)) for p in prompts), body)

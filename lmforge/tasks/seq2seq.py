@@ -206,6 +206,18 @@ def _write_predictions(path: Path, pairs, outputs: list[str]) -> None:
     write_text(path, "".join(r + "\n" for r in rows))
 
 
+def run_decoding(run: LoadedRun, max_new_tokens: int = 100):
+    """How an encoder-decoder run decodes a source: (Decoding, source prefix, longest source in tokens). A
+    seq2seq run's own [finetune] settings; a span-corruption run greedy over its context, `max_new_tokens`
+    new tokens."""
+    from lmforge.generate_seq2seq import Decoding
+
+    if run.task.name == "seq2seq":
+        ft = run.config.finetune
+        return ft.decoding(), ft.source_prefix, max_length_of(run.config)
+    return Decoding(max_new_tokens=max_new_tokens, num_beams=1), "", run.config.model.context_len
+
+
 def build(cfg: Seq2SeqConfig, files: dict) -> torch.nn.Module:
     from lmforge.models import build_model
 
