@@ -231,14 +231,21 @@ def prune_checkpoints(run_dir: Path, keep_last: int) -> None:
             _delete(c)
 
 
-def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu") -> None:
+def load_weights(ckpt: Path, model: nn.Module, device: str | torch.device = "cpu", prefix: str = "") -> None:
+    """Load a checkpoint's weights into `model`, all of them; with `prefix` (one name, "discriminator."),
+    the part of a larger model's checkpoint stored under it, the rest of the file left aside."""
     path = Path(ckpt) / "model.safetensors"
     check_intact(Path(ckpt), ("model.safetensors",))
     quantization = read_meta(Path(ckpt)).get("quantization")
     if quantization:
         return _load_quantized(path, model, quantization)
+    target = model
+    if prefix:  # the names in the file then match a holder of `model`, tied tensors resolved as usual
+        target = nn.Module()
+        target.add_module(prefix.rstrip("."), model)
     try:
-        missing, unexpected = load_model(model, str(path), strict=False, device=str(device))
+        missing, unexpected = load_model(target, str(path), strict=False, device=str(device))
+        unexpected = [name for name in unexpected if name.startswith(prefix)]
     except RuntimeError as e:  # shape mismatches
         missing, unexpected = [str(e).splitlines()[-1].strip()], []
     except Exception as e:  # noqa: BLE001 - a damaged file saved before checksums existed

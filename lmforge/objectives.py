@@ -55,6 +55,40 @@ def masked_lm_loss(model: nn.Module, batch: dict[str, torch.Tensor]):
     return loss_sum, selected.sum(), {"correct": correct}
 
 
+def replaced_token_detection_loss(model: nn.Module, batch: dict[str, torch.Tensor], disc_weight: float,
+                                  mask_prob: float):
+    """ELECTRA: the generator's cross-entropy at the masked positions plus `disc_weight` times the
+    discriminator's binary cross-entropy (replaced or original) at every real token.
+
+    The targets are the masked positions (what `count_targets` counts), so the loop divides by their
+    number M. The paper's loss is a mean over the masked tokens plus `disc_weight` x a mean over the R real
+    tokens, two denominators; a sum over targets has one. Each real token's term is therefore weighted by
+    `mask_prob`: masking selects mask_prob of the maskable tokens in expectation, so the second part is
+    disc_weight x (sum over real tokens) / (maskable tokens), the paper's mean up to R / maskable (a
+    sequence's [CLS] and [SEP]: 1.6% for 128 tokens). Constant weights keep accumulation and data
+    parallelism exact, as for every objective here. A sequence with no masked token (a label-less
+    repeat of `Runtime.even_batches`) has nothing replaced and adds nothing.
+
+    Extras: `correct` (the generator's argmax at masked tokens), `gen_loss`, `disc_loss` (the two sums),
+    `disc_correct`, `replaced` and `real` (counts over the real tokens).
+    """
+    positions, attention = batch["mlm_positions"], batch["attention_mask"]  # (B, P), (B, T)
+    targets = batch["labels"].gather(1, positions)  # (B, P), IGNORE at the padding of the list
+    gen_logits, disc_logits, replaced = model(batch["input_ids"], attention, positions=positions, targets=targets,
+                                              uniforms=batch["replace_uniforms"])  # (B, P, V), (B, T), (B, T)
+    gen_sum = F.cross_entropy(gen_logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+                              reduction="sum")
+    selected = targets != IGNORE  # (B, P)
+    real = attention.bool() & selected.any(dim=1, keepdim=True)  # (B, T)
+    bce = F.binary_cross_entropy_with_logits(disc_logits.float(), replaced.float(), reduction="none")  # (B, T)
+    disc_sum = torch.where(real, bce, 0.0).sum()
+    extras = {"correct": ((gen_logits.detach().argmax(dim=-1) == targets) & selected).sum(),
+              "gen_loss": gen_sum.detach(), "disc_loss": disc_sum.detach(),
+              "disc_correct": (((disc_logits.detach() > 0) == replaced) & real).sum(),
+              "replaced": (replaced & real).sum(), "real": real.sum()}
+    return gen_sum + disc_weight * mask_prob * disc_sum, selected.sum(), extras
+
+
 class TruncatedBPTTLoss:
     """Next-token loss for a recurrent model whose state carries over from one window to the next.
 

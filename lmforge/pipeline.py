@@ -21,6 +21,7 @@ from torch import nn
 from lmforge import runs
 from lmforge.config import read_toml, resolve_preset, to_dict
 from lmforge.errors import Interrupted, LmforgeError
+from lmforge.models import finetuned_part
 from lmforge.tasks import LoadedRun, Source, TaskData, get_task, load_config, load_run, read_config
 from lmforge.tasks.finetuning import refuse_covered
 
@@ -77,7 +78,7 @@ def train_run(cfg: Any, out: str | Path, resume: bool = False, overwrite: bool =
         elif rank0:
             clean_stale(out)
         if source is not None and adapt is None:
-            _check_source_model(cfg.model, source)
+            _check_source_model(cfg.model, source, task)
         runtime = setup_runtime(cfg.runtime)
         try:
             return _train(task, cfg, out, runtime, resume, overwrite, source, skip_damaged, adapt)
@@ -99,7 +100,7 @@ def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source:
     torch.manual_seed(cfg.train.seed)
     model = task.build_model(cfg, data.files)
     if source is not None and not resume and adapt is None:
-        load_weights(source.checkpoint, model.backbone if task.head else model)
+        load_weights(source.checkpoint, model.backbone if task.head else model, prefix=_source_model(source, task)[1])
     if adapt is not None:
         data = adapt(model, data)
     if runtime.is_main:
@@ -149,8 +150,16 @@ def _source_config(run: Path, role: str) -> Any:
     return cfg
 
 
-def _check_source_model(model, source: Source) -> None:
+def _source_model(source: Source, task) -> tuple[Any, str]:
+    """The model config a run started from `source` takes, and where its tensors sit in the source's
+    checkpoint: a fine-tuning task takes the pretrained model's `finetuned_part` (an ELECTRA's
+    discriminator), `--init-from` the whole model."""
     theirs = read_config(source.run).model
+    return finetuned_part(theirs) if task.finetunes else (theirs, "")
+
+
+def _check_source_model(model, source: Source, task) -> None:
+    theirs = _source_model(source, task)[0]
     if model.kind != theirs.kind:
         raise LmforgeError(f"config key 'model.kind' = {model.kind!r} conflicts with {source.run}, a "
                            f"{theirs.kind} run: a run started from its weights takes its model as it is")
@@ -233,7 +242,8 @@ def finetune_config(task: str, source: str | Path | None = None, path: str | Pat
             raise LmforgeError("finetune needs --from RUN (a pretrained run), --train FILE, --dev FILE and --out "
                                "RUN2")
         pretrained = read_config(source)  # finetune() refuses a fine-tuned one
-        base = {"task": task, "model": to_dict(pretrained.model), "runtime": to_dict(pretrained.runtime)}
+        base = {"task": task, "model": to_dict(finetuned_part(pretrained.model)[0]),
+                "runtime": to_dict(pretrained.runtime)}
     raw = merge(base, user)
     raw["task"] = raw.get("task") or task
     raw.setdefault("finetune", {}).update(flags or {})

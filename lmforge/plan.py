@@ -82,10 +82,11 @@ def meta_model(model_cfg) -> torch.nn.Module:
 
 
 def targets_per_sequence(cfg) -> int:
-    """Positions the output layer runs at per sequence: every token, the masked ones (masked LM, the
-    fixed width of data/mlm.py's positions), or the decoder's length (span corruption, data/span.py)."""
+    """Positions the output layer runs at per sequence: every token, the masked ones (masked LM and
+    ELECTRA's generator, the fixed width of data/mlm.py's positions), or the decoder's length (span
+    corruption, data/span.py)."""
     T = cfg.seq_len()
-    if cfg.task == "masked_lm":
+    if cfg.task in ("masked_lm", "replaced_token_detection"):
         return 8 * math.ceil(math.ceil((T - 2) * cfg.mlm.mask_prob) / 8)
     if cfg.task == "span_corruption":
         from lmforge.data.span import lengths, raw_length

@@ -29,7 +29,7 @@ gradients, 4C + 2aF per token at the widest (the MLP's; 3aF with a gated MLP). W
 checkpointing a layer keeps its input (4C per token) and one layer is recomputed at a time.
 
 tests/test_plan.py checks these against the bytes autograd saves on CPU, fp32 and bf16: within 1% for
-GPT and BERT, 3% for T5, 5% for the GRU and Elman RNN and 15% for a small LSTM. The CUDA variants (flash
+GPT and BERT, 3% for T5 and ELECTRA, 5% for the GRU and Elman RNN and 15% for a small LSTM. The CUDA variants (flash
 kernels with dropout, bool masks) follow the kernels' saved tensors and are not measured here.
 """
 
@@ -154,5 +154,19 @@ def _rnn(cfg, T: int, P: int, b: _Bytes):
     return layers, [0] * cfg.n_layer, top, [T * 16 * H] * cfg.n_layer  # gate gradients
 
 
-_SAVED = {"gpt": _gpt, "bert": _bert, "t5": _t5, "rnn": _rnn}
+def _electra(cfg, T: int, P: int, b: _Bytes):
+    """The generator's blocks (G wide) and the discriminator's (C wide), as BERT's; the top: the embeddings
+    (C wide) normalised twice, the generator's projection input, its final states (G) gathered at the P
+    masked positions for its head (dense G -> C, GELU, norm, decoder, log-softmax), and the discriminator's
+    replaced-token head at every token (dense input, GELU, one logit, its label)."""
+    C, G, a, drop = cfg.d_model, cfg.generator().d_model, b.a, cfg.dropout > 0
+    g_layers, g_inputs, _, g_grads = _bert(cfg.generator(), T, P, b)
+    d_layers, d_inputs, _, d_grads = _bert(cfg.discriminator(), T, 0, b)
+    ids, ln = 8 * (2 if cfg.type_vocab_size else 1), 4 * C + 8
+    embed = ids + ln + (b.mask(4) * C if drop else 0)
+    top = T * (2 * embed + a * C + 4 * G + 2 * a * C + 12) + P * (a * G + 3 * a * C + 16 + 4 * cfg.vocab_size)
+    return g_layers + d_layers, g_inputs + d_inputs, top, g_grads + d_grads
+
+
+_SAVED = {"gpt": _gpt, "bert": _bert, "t5": _t5, "rnn": _rnn, "electra": _electra}
 """The formula of each `model.kind` (kept beside each other so that they read as one table)."""

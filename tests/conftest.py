@@ -175,3 +175,15 @@ class ServerThread:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=20)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest tests first: pytest-xdist hands out the first tests one per worker in turn, so the two
+    README examples (minutes each) start at once on different workers instead of queueing on one."""
+
+    def cost(item) -> int:
+        if item.originalname == "test_readme_examples_run_in_order":
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=cost)

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from lmforge import plan
 from lmforge.errors import LmforgeError
-from lmforge.models import BertConfig, GPTConfig, RNNConfig, T5Config, build_model
-from lmforge.objectives import causal_lm_loss, masked_lm_loss, seq2seq_loss
+from lmforge.models import BertConfig, ElectraConfig, GPTConfig, RNNConfig, T5Config, build_model
+from lmforge.objectives import causal_lm_loss, masked_lm_loss, replaced_token_detection_loss, seq2seq_loss
 from lmforge.optim import OptimConfig, build_optimizer
 from lmforge.plan_activations import activations
 from lmforge.plan_memory import matmul_weights, max_micro_batch, memory, optimizer_state_bytes
@@ -28,6 +28,7 @@ GPT = GPTConfig(vocab_size=V, context_len=T, n_layer=2, n_head=4, d_model=40)
 BERT = BertConfig(vocab_size=V, context_len=T, n_layer=2, n_head=4, d_model=40)
 T5 = T5Config(vocab_size=V, context_len=T, n_layer=2, n_head=4, d_model=40)
 RNN = RNNConfig(vocab_size=V, context_len=T, n_layer=2, d_embed=40, d_hidden=40)
+ELECTRA = ElectraConfig(vocab_size=V, context_len=T, n_layer=2, n_head=4, d_model=40)
 R = dataclasses.replace
 
 
@@ -181,6 +182,13 @@ def forward_of(model, cfg):
         labels = torch.full((B, T), -100).scatter(1, positions, y[:, :P])
         batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels, "mlm_positions": positions}
         return lambda: masked_lm_loss(model, batch), P
+    if cfg.kind == "electra":
+        P = 8
+        positions = torch.stack([torch.randperm(T, generator=g)[:P] for _ in range(B)])
+        labels = torch.full((B, T), -100).scatter(1, positions, y[:, :P])
+        batch = {"input_ids": x, "attention_mask": torch.ones_like(x), "labels": labels, "mlm_positions": positions,
+                 "replace_uniforms": torch.rand(B, P, generator=g)}
+        return lambda: replaced_token_detection_loss(model, batch, 50.0, 0.15), P
     if cfg.kind == "t5":
         d, labels = torch.randint(0, V, (B, 10), generator=g), torch.randint(0, V, (B, 10), generator=g)
         batch = {"input_ids": x, "decoder_ids": d, "labels": labels, "attention_mask": torch.ones_like(x)}
@@ -196,6 +204,7 @@ CASES = {  # name: (config, tolerance)
     "bert-pre-norm": (R(BERT, pre_norm=True), 0.015),
     "t5": (T5, 0.03), "t5-no-dropout": (R(T5, dropout=0.0), 0.03),
     "t5-relu-tied": (R(T5, feed_forward="relu", tie_embeddings=True), 0.03),
+    "electra": (ELECTRA, 0.03), "electra-no-dropout": (R(ELECTRA, dropout=0.0, attn_dropout=0.0), 0.03),
     "gru": (R(RNN, cell="gru"), 0.05), "rnn_tanh": (R(RNN, cell="rnn_tanh", dropout=0.0), 0.05),
     "lstm": (R(RNN, d_embed=200, d_hidden=200), 0.15),
 }
@@ -219,7 +228,7 @@ def test_activation_formula_matches_what_autograd_saves(name, precision):
 # activation checkpointing
 
 
-@pytest.mark.parametrize("cfg", [GPT, BERT], ids=["gpt", "bert (dropout 0.1)"])
+@pytest.mark.parametrize("cfg", [GPT, BERT, ELECTRA], ids=["gpt", "bert (dropout 0.1)", "electra (dropout 0.1)"])
 def test_activation_checkpointing_gives_the_same_loss_and_gradients(cfg):
     runs = []
     for checkpointing in (False, True):

@@ -1,9 +1,12 @@
 """The README is a test: its set-up command is what CI runs, and its examples run, in order.
 
-Every ```bash block after "## Set up" runs in one scratch folder, in order, so a later example uses what
-an earlier one made. A block preceded by an HTML comment `<!-- not run: REASON -->` is skipped (GPU,
-several machines); ```console and ```python blocks are shown output or snippets, not run (python blocks
-are run when preceded by `<!-- run -->`).
+Every ```bash block after "## The pipeline" runs, in README order, in a scratch folder, so a later example
+uses what an earlier one made. There are two folders, two tests that `pytest -n 2` can run on its two
+workers: the sections in SECOND (fill-mask, classify, seq2seq, NER/QA, compress) run in the second, after
+the sections they build on (BOTH, run in both folders); every other section runs in the first. A block
+preceded by an HTML comment `<!-- not run: REASON -->` is skipped (GPU, several machines); ```console
+and ```python blocks are shown output or snippets, not run (python blocks are run when preceded by
+`<!-- run -->`).
 
 The examples assume a user's own files; the test writes small stand-ins first: notes.txt (lines of
 text), sst2/train.tsv and sst2/dev.tsv (GLUE layout: sentence<TAB>label), reviews.tsv, cmn.txt
@@ -24,13 +27,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BLOCK = re.compile(r"(<!--[^>]*-->\s*)?```(\w+)\n(.*?)```", re.S)
+HEADING = re.compile(r"^#{2,3} (.+)$", re.M)
+SECOND = ("lmforge fill-mask", "lmforge classify", "Sequence to sequence", "Named entities", "lmforge compress")
+"""Sections (by the start of their heading) whose examples run in the second folder."""
+BOTH = ("lmforge corpus build", "lmforge pretrain (BERT", "lmforge finetune")
+"""Sections that both folders run: the second one's examples need their corpus, BERT and classifier, and
+the first one's too (serve takes runs/sst2)."""
 
 
-def blocks(after: str = "## Set up") -> list[tuple[str, str, str]]:
-    """(language, marker comment, code) of each fenced block after the heading."""
+def blocks(after: str = "## Set up") -> list[tuple[str, str, str, str]]:
+    """(section heading, language, marker comment, code) of each fenced block after the heading."""
     text = README.read_text(encoding="utf-8")
     text = text[text.index(after):]
-    return [(lang, (marker or "").strip(), code) for marker, lang, code in BLOCK.findall(text)]
+    prose = BLOCK.sub(lambda m: " " * len(m.group(0)), text)  # headings outside the code blocks only
+    heads = [(m.start(), m.group(1).strip()) for m in HEADING.finditer(prose)]
+    return [(([h for pos, h in heads if pos < m.start()] or [""])[-1], m.group(2), (m.group(1) or "").strip(),
+             m.group(3)) for m in BLOCK.finditer(text)]
 
 
 def test_ci_runs_both_readme_commands():
@@ -44,14 +56,28 @@ def test_ci_runs_both_readme_commands():
         "the main job runs on a core install, without extras"
 
 
-def runnable() -> list[tuple[str, str]]:
+def runnable(group: str | None = None) -> list[tuple[str, str, str]]:
+    """(section heading, language, code) of the blocks that run, in README order: all of them, or those of
+    the "first" or the "second" folder."""
     out = []
-    for lang, marker, code in blocks("## The pipeline"):
+    for heading, lang, marker, code in blocks("## The pipeline"):
         if "not run" in marker:
             continue
+        second, both = heading.startswith(SECOND), heading.startswith(BOTH)
+        if group == "first" and second or group == "second" and not (second or both):
+            continue
         if lang == "bash" or (lang == "python" and marker == "<!-- run -->"):
-            out.append((lang, code))
+            out.append((heading, lang, code))
     return out
+
+
+def test_the_two_folders_run_every_example():
+    headings = {h for h, _, _, _ in blocks("## The pipeline")}
+    for name in SECOND + BOTH:
+        assert any(h.startswith(name) for h in headings), f"no README section starts with {name!r}"
+    first, second = runnable("first"), runnable("second")
+    assert all(b in first or b in second for b in runnable())
+    assert len(second) < len(runnable()) and len(first) < len(runnable())
 
 
 def user_files(folder: Path) -> None:
@@ -81,7 +107,7 @@ def user_files(folder: Path) -> None:
                        "我 你 我们 他们 爱 看见 喜欢 想要 这 一个 大 小 红 老 新 猫 狗 鸟 鱼 房子 车 书 "
                        "茶 水 车站 学校 城市 河 树 今天 明天 这里 那里 快 慢 读 写 吃 喝".split()))
     lines = []
-    for n in range(3000):
+    for n in range(1000):
         words = rng.sample(list(english), rng.randint(4, 9))
         lines.append(f"{' '.join(words).capitalize()}.\t{''.join(english[w] for w in words)}。\tCC-BY 2.0 #{n}")
     (folder / "cmn.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -121,12 +147,14 @@ def conll_and_squad(folder: Path, rng: random.Random) -> None:
 
 
 @pytest.mark.slow
-def test_readme_examples_run_in_order(tmp_path):
+@pytest.mark.parametrize("group", ["first", "second"])
+def test_readme_examples_run_in_order(group, tmp_path):
     user_files(tmp_path)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(ROOT), MPLBACKEND="Agg", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    for i, (lang, code) in enumerate(runnable()):
+    for i, (heading, lang, code) in enumerate(runnable(group)):
         cmd = ["bash", "-euo", "pipefail", "-c", code] if lang == "bash" else [sys.executable, "-c", code]
         done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, (f"README block {i} failed ({done.returncode}):\n{code}\n"
+        assert done.returncode == 0, (f"README block {i} of the {group} folder ({heading}) failed "
+                                      f"({done.returncode}):\n{code}\n"
                                       f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")

@@ -23,6 +23,9 @@ def _load_for(args: argparse.Namespace, inference: str, command: str):
             raise LmforgeError(f"{args.run} is a {cfg.model.kind} fine-tuned for {task.name}, not a language model: "
                                f"{command} needs a pretrained run{source}; use it with "
                                f"`lmforge {task.inference} {args.run} ...`")
+        if task.inference == "finetune":  # a run made to be fine-tuned (ELECTRA's discriminator)
+            raise LmforgeError(f"{args.run} is a {task.name} run, which {command} cannot read: fine-tune it "
+                               f"(`lmforge finetune --from {args.run} ...`)")
         other = "`lmforge generate` for gpt, rnn and t5" if inference == "fill-mask" else "`lmforge fill-mask` for bert"
         what = "not a masked LM: fill-mask needs a bert run" if inference == "fill-mask" else \
             "generate needs a gpt, rnn or t5 run"

@@ -29,11 +29,15 @@ def named_runs(specs: list[str]) -> dict[str, str]:
 
 def load_runs(specs: list[str], checkpoint: str, device: str) -> dict:
     """Every run loaded, refused up front (one line, nothing started) when one cannot be served."""
+    from lmforge.serve.app import ENDPOINTS
     from lmforge.tasks import load_run
 
     runs = {}
     for name, ref in named_runs(specs).items():
         run = load_run(run_path(ref), checkpoint, device)
+        if run.task.inference not in ENDPOINTS:
+            raise LmforgeError(f"{ref} is a {run.task.name} run, which no endpoint serves: use it with "
+                               f"`lmforge {run.task.inference} --from {ref}`")
         fresh = run.untrained_lm_head() if run.task.inference in ("generate", "fill-mask") else []
         if fresh:
             raise LmforgeError(f"{ref} was imported without its language-model head ({fresh[0]}, ... are a fresh "

@@ -14,6 +14,8 @@ words when asked: words are shuffled and taken until the budget `n * mask_prob` 
 straddles the budget being taken with the probability that keeps the expected count exactly
 `n * mask_prob` (single-token masking is the same rule with one token per word). Of the selected tokens
 `mask_token_prob` become [MASK], `random_token_prob` a random non-special token, the rest stay.
+`ReplacementBatches` (ELECTRA) adds one uniform per masked position, from a third stream, from which the
+generator's replacement for that position is drawn.
 
 Dimension letters: b sequences in a micro-batch, T seq_len, S segments in the split.
 """
@@ -55,7 +57,7 @@ class MaskingConfig:
 IGNORE_INDEX = -100
 """Label of tokens that are not predicted (torch's cross_entropy default ignore_index)."""
 
-_ORDER, _MASK = 0, 1  # independent random streams drawn from the same run seed
+_ORDER, _MASK, _REPLACE = 0, 1, 2  # independent random streams drawn from the same run seed
 VAL_MASK_SEED = 0
 """Masking seed of validation batches: the same masks in every evaluation and every run."""
 
@@ -306,3 +308,20 @@ class MaskedLMBatches:
         if isinstance(self.word_starts, np.ndarray):
             return self.word_starts[ids]
         return np.array([self.word_starts(row.tolist()) for row in ids], dtype=bool).reshape(ids.shape)
+
+
+class ReplacementBatches(MaskedLMBatches):
+    """Masked-LM batches for replaced-token detection (ELECTRA): each also holds `replace_uniforms` (b, P)
+    float32 in [0, 1), one per listed position, from which the generator's replacement of that token is
+    drawn (`models.electra.sample`). They come from a generator per sequence seeded by (seed, id), like
+    its mask, so the replacements too are a pure function of (seed, step).
+    """
+
+    def sequences(self, seq_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = super().sequences(seq_ids)
+        draws = np.stack([np.random.default_rng([self.seed, _REPLACE, int(g)]).random(self.seq_len)
+                          for g in seq_ids])  # (b, T): a position's draw does not depend on P
+        picked = np.take_along_axis(draws, batch["mlm_positions"].numpy(), axis=1).astype(np.float32)  # (b, P)
+        # a draw just below 1 rounds to 1.0 in float32: keep it below
+        batch["replace_uniforms"] = torch.from_numpy(np.minimum(picked, np.float32(1.0) - np.float32(2 ** -24)))
+        return batch

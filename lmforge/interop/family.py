@@ -53,6 +53,9 @@ class Family:
     """The per-layer rows for a config, when `layer_keys` x n_layer does not say it (T5's two stacks)."""
     tied_copies: dict[str, str] = field(default_factory=dict)
     """HF tensor -> the tensor it equals when a save leaves it out as tied (and lmforge keeps it apart)."""
+    not_exported: tuple[str, ...] = ()
+    """lmforge name prefixes of tensors the HF architecture has no place for and does not need (ELECTRA's
+    generator, which served pretraining only): export leaves them out rather than refusing."""
 
 
 def toml(v: Any) -> str:

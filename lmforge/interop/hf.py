@@ -11,6 +11,7 @@ Each family (gpt2.py, llama.py, bert.py) is a declarative key map plus two confi
 | bert, position_offset = pad + 1, pair_style = roberta       | (XLM-)RobertaForMaskedLM                   |
 | bert, type_vocab_size = 0, pooler_activation = relu         | DistilBertForMaskedLM                      |
 | t5 (gated-GELU, v1.1 layout)                                | T5ForConditionalGeneration                 |
+| electra (the discriminator; export only)                    | ElectraForPreTraining                      |
 
 Fine-tuned classifiers map to the same families' *ForSequenceClassification, both ways: the backbone's
 rows under `backbone.` (no LM head) plus the classification head, id2label <-> label_map.json.
@@ -32,6 +33,7 @@ from typing import Any
 import torch
 
 from lmforge.errors import LmforgeError
+from lmforge.interop import electra
 from lmforge.interop.bert import BERT, DISTILBERT, ROBERTA, XLM_ROBERTA
 from lmforge.interop.family import Family, Row, SpecialIds, toml
 from lmforge.interop.gpt2 import FAMILY as GPT2
@@ -44,7 +46,7 @@ FAMILIES: dict[str, Family] = {f.model_type: f for f in (GPT2, LLAMA, QWEN2, BER
 
 __all__ = ["FAMILIES", "Family", "Row", "SpecialIds", "family_for", "key_map", "to_hf_state", "from_hf_state"]
 
-DERIVED_HEAD_SIZE = ("gpt2", "bert", "roberta", "xlm-roberta", "distilbert")
+DERIVED_HEAD_SIZE = ("gpt2", "bert", "roberta", "xlm-roberta", "distilbert", "electra")
 """Families whose head size is hidden_size / heads (no head_dim key in their config)."""
 
 # Tensors a HF checkpoint may hold that lmforge derives or does not have (buffers, the NSP head, and the
@@ -88,9 +90,11 @@ def _family_for(cfg: GPTConfig | BertConfig) -> Family:
         return BERT
     if cfg.kind == "t5":
         return T5
+    if cfg.kind == "electra":
+        return electra.family_for(cfg)
     if cfg.kind != "gpt":
-        raise LmforgeError(f"model.kind = {cfg.kind!r} has no Hugging Face export: only gpt, bert and t5 runs "
-                           "can be exported")
+        raise LmforgeError(f"model.kind = {cfg.kind!r} has no Hugging Face export: only gpt, bert, t5 and electra "
+                           "runs can be exported")
     if cfg.pos == "learned":
         family, need = "GPT-2", {"norm": "layernorm", "mlp": "gelu", "bias": True, "n_kv_head": 0}
     else:
@@ -184,7 +188,7 @@ def to_hf_state(state: dict[str, torch.Tensor], cfg: GPTConfig | BertConfig, fam
     out: dict[str, torch.Tensor] = {}
     for hf, ours, how, _ in rows if rows is not None else key_map(family, cfg):
         if ours.endswith("token_type_embeddings.weight") and cfg.type_vocab_size == 0:
-            t = torch.zeros(1, cfg.d_model, dtype=state["word_embeddings.weight"].dtype)  # adds nothing
+            t = torch.zeros(1, cfg.d_model, dtype=state[ours.replace("token_type", "word")].dtype)  # adds nothing
         else:
             t = state[ours]
         if how == "T":

@@ -43,15 +43,15 @@ def export_tokenizer(tok: Tokenizer, out: Path, family, model_max_length: int) -
     elif family.special_names != "causal":
         # lmforge wraps encoder input as [CLS] text [SEP] itself; HF expects the tokenizer to do it
         cls, sep = tok.specials["cls"], tok.specials["sep"]
-        types = family.model_type == "bert"
+        types = family.model_type in ("bert", "electra")
         if family.special_names == "roberta":
             pair = f"{cls} $A {sep} {sep} $B {sep}"
         else:
             pair = f"{cls} $A {sep} $B:1 {sep}:1" if types else f"{cls} $A {sep} $B {sep}"
         backend.post_processor = TemplateProcessing(single=f"{cls} $A {sep}", pair=pair,
                                                     special_tokens=[(cls, tok.cls_id), (sep, tok.sep_id)])
-        # RoBERTa and DistilBERT read no token types; BERT's must be asked for by name (transformers 5's
-        # generic fast tokenizer leaves them out, and a pair would then run with every type 0)
+        # RoBERTa and DistilBERT read no token types; BERT's and ELECTRA's must be asked for by name
+        # (transformers 5's generic fast tokenizer leaves them out, and a pair would then run with every type 0)
         extra["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"] if types else \
             ["input_ids", "attention_mask"]
     write_text(out / "tokenizer.json", backend.to_str(pretty=True))

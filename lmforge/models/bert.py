@@ -200,7 +200,13 @@ class Bert(nn.Module):
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states (B, T, C); attention_mask (B, T) is 1 for tokens, 0 for padding."""
-        B, T = input_ids.shape
+        return self.encode(input_ids, Layout(attention_mask, *input_ids.shape), token_type_ids)
+
+    def embed(self, input_ids: torch.Tensor, layout: Layout, token_type_ids: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """The real tokens' input vectors (N, C): word + position (+ segment) embeddings, normalised (and
+        dropped out in training)."""
+        T = input_ids.size(1)
         if T > self.config.context_len:
             raise ValueError(f"{T} positions exceed context_len={self.config.context_len}")
         offset = self.config.position_offset  # right padding: real tokens sit at offset, offset + 1, ...
@@ -212,8 +218,12 @@ class Bert(nn.Module):
             x = x + self.token_type_embeddings(token_type_ids)
         elif token_type_ids is not None:
             raise ValueError("token_type_ids given but type_vocab_size=0 (no segment embeddings)")
-        layout = Layout(attention_mask, B, T)
-        x = self.drop(self.emb_norm(layout.unpad(x)))  # (N, C): the real tokens only
+        return self.drop(self.emb_norm(layout.unpad(x)))  # (N, C): the real tokens only
+
+    def encode(self, input_ids: torch.Tensor, layout: Layout, token_type_ids: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """`hidden` for a batch whose `Layout` is already made (ELECTRA reuses one for two encoders)."""
+        x = self.embed(input_ids, layout, token_type_ids)  # (N, C)
         for block in self.blocks:
             x = block(x, layout)
         return layout.pad(self.ln_f(x) if self.ln_f is not None else x)  # (B, T, C), zeros at the padding

@@ -6,6 +6,7 @@
 | masked_lm | a BERT to predict masked tokens | token shards | fill-mask |
 | bptt | a recurrent LM, state carried across windows | token shards | generate |
 | span_corruption | a T5 to write back sentinel-marked spans | token shards | generate |
+| replaced_token_detection | an ELECTRA: a BERT spots a small generator's replacements | token shards | finetune |
 | classify | a head on a pretrained run, one label per text | labeled files | classify |
 | seq2seq | a pretrained T5, text to text (translation, summaries) | source/target pairs | generate |
 | ner | a per-token head on a pretrained run, one tag per word | CoNLL / JSONL tagged files | ner |
@@ -26,11 +27,22 @@ from lmforge import runs
 from lmforge.config import apply_overrides, from_dict, merge, read_toml, resolve_preset
 from lmforge.errors import LmforgeError
 from lmforge.models import MODELS
-from lmforge.tasks import bptt, causal_lm, classify, masked_lm, ner, qa, seq2seq, span_corruption
+from lmforge.tasks import (
+    bptt,
+    causal_lm,
+    classify,
+    masked_lm,
+    ner,
+    qa,
+    replaced_token_detection,
+    seq2seq,
+    span_corruption,
+)
 from lmforge.tasks.task import LoadedRun, Source, Task, TaskData
 
 TASKS: dict[str, Task] = {t.name: t for t in (causal_lm.TASK, masked_lm.TASK, bptt.TASK, span_corruption.TASK,
-                                              classify.TASK, seq2seq.TASK, ner.TASK, qa.TASK)}
+                                              replaced_token_detection.TASK, classify.TASK, seq2seq.TASK, ner.TASK,
+                                              qa.TASK)}
 
 __all__ = ["TASKS", "LoadedRun", "Source", "Task", "TaskData", "config_from", "get_task", "load_config",
            "load_run", "read_config"]

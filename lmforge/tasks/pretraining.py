@@ -28,6 +28,9 @@ class LMParts:
     """max_batches (0: all) -> this process's evaluation batches; None without a held-out split."""
     bytes_per_token: float | None
     """Text bytes per token of the held-out split: bits per byte need it (None: not reported)."""
+    measure: Callable | None = None
+    """`(model, objective, batches, runtime, bytes_per_token) -> metrics` of an evaluation; None:
+    `evaluate.evaluate_lm` (loss, perplexity, accuracy, bits per byte)."""
 
 
 Parts = Callable[[Any, Any, Any, Any, Runtime], LMParts]
@@ -95,7 +98,8 @@ def prepare(parts: Parts, cfg, runtime: Runtime, run_dir: Path, resume: bool, so
     p = parts(cfg, tok, train_src, val_src, runtime)
     evaluate = None
     if p.eval_batches is not None:
-        evaluate = lm_evaluation(p.objective, p.eval_batches, runtime, p.bytes_per_token, cfg.train.eval_batches)
+        evaluate = lm_evaluation(p.objective, p.eval_batches, runtime, p.bytes_per_token, cfg.train.eval_batches,
+                                 p.measure)
     files = {runs.INIT_FROM: {"run": str(source.run), "checkpoint": str(source.checkpoint)}} if source else {}
     return TaskData(cfg, tok, p.batches, p.objective, evaluate,
                     f"{cfg.train.batch_size} x {cfg.seq_len()} tokens", files=files)
@@ -113,5 +117,6 @@ def evaluate(parts: Parts, run: LoadedRun, data: str | None, split: str | None, 
         raise LmforgeError(f"{run.run_dir}/config.toml has no data.path: pass --data SHARDS")
     source = TokenShards.open(folder, split, expect_fingerprint=run.tokenizer.fingerprint)
     p = parts(cfg, run.tokenizer, None, source, runtime)
-    metrics = evaluate_lm(run.model, p.objective, p.eval_batches(max_batches), runtime, p.bytes_per_token)
+    metrics = (p.measure or evaluate_lm)(run.model, p.objective, p.eval_batches(max_batches), runtime,
+                                         p.bytes_per_token)
     return {"checkpoint": run.checkpoint.name, "split": split, **metrics}

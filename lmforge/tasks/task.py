@@ -65,7 +65,8 @@ class Task:
     evaluate: Callable[..., dict]
     """`lmforge eval`: `(run, data, split, max_batches, runtime) -> metrics` of a loaded run."""
     inference: str
-    """The command that uses a trained model: generate, fill-mask or classify."""
+    """The command that uses a trained model: generate, fill-mask, classify, ... (finetune: none reads it
+    directly, fine-tuning takes it)."""
     files: tuple[str, ...] = ()
     head: bool = False
     """The model is a backbone with a head: a source run's weights load into `model.backbone`."""
@@ -99,12 +100,16 @@ class LoadedRun:
 
 
 def lm_evaluation(objective: Callable, batches: Callable[[int], Iterable], runtime: Runtime,
-                  bytes_per_token: float | None, max_batches: int) -> Callable[[nn.Module], Evaluation]:
-    """The loop's evaluation of a language model: loss, perplexity (and bits per byte) on held-out data."""
+                  bytes_per_token: float | None, max_batches: int, measure: Callable | None = None
+                  ) -> Callable[[nn.Module], Evaluation]:
+    """The loop's evaluation of a language model on held-out data: `measure` (by default loss, perplexity
+    and bits per byte: `evaluate.evaluate_lm`)."""
     from lmforge.evaluate import evaluate_lm
+
+    measure = measure or evaluate_lm
 
     def evaluate(model: nn.Module) -> Evaluation:
         batches_ = runtime.even_batches(batches(max_batches))
-        return Evaluation(evaluate_lm(model, objective, batches_, runtime, bytes_per_token))
+        return Evaluation(measure(model, objective, batches_, runtime, bytes_per_token))
 
     return evaluate
