@@ -24,22 +24,30 @@ class MaskedLMConfig(PretrainConfig):
 
 
 def parts(cfg: MaskedLMConfig, tok, train_src, val_src, runtime) -> pretraining.LMParts:
-    from lmforge.data.mlm import VAL_MASK_SEED, MaskedLMBatches, SpecialTokens
+    from lmforge.data.mlm import MaskedLMBatches
     from lmforge.objectives import masked_lm_loss
+
+    return masked_parts(cfg, tok, train_src, val_src, runtime, MaskedLMBatches, masked_lm_loss)
+
+
+def masked_parts(cfg, tok, train_src, val_src, runtime, batches_class, objective,
+                 measure=None) -> pretraining.LMParts:
+    """Training and validation batches of `batches_class` (data/mlm.py's masking, `cfg.mlm`) for
+    `objective`; replaced-token detection uses it with its own batches, objective and `measure`."""
+    from lmforge.data.mlm import VAL_MASK_SEED, SpecialTokens
 
     specials, seq_len, world = SpecialTokens.from_tokenizer(tok), cfg.seq_len(), runtime.world_size
     micro = cfg.train.micro_batch(world)
     word_starts = tok.word_starts if cfg.mlm.whole_word else None
     batches = None
     if train_src is not None:
-        batches = MaskedLMBatches(train_src, specials, seq_len, cfg.train.batch_size, cfg.train.seed, cfg.mlm,
-                                  word_starts)
+        batches = batches_class(train_src, specials, seq_len, cfg.train.batch_size, cfg.train.seed, cfg.mlm,
+                                word_starts)
     make_eval = None
     if val_src is not None:
-        val = MaskedLMBatches(val_src, specials, seq_len, micro, VAL_MASK_SEED, cfg.mlm, word_starts,
-                              shuffle=False)
+        val = batches_class(val_src, specials, seq_len, micro, VAL_MASK_SEED, cfg.mlm, word_starts, shuffle=False)
         make_eval = lambda n: val.eval_batches(micro, pretraining.eval_count(cfg, n, world), runtime.rank, world)
-    return pretraining.LMParts(masked_lm_loss, batches, make_eval, None)  # bits per byte mean nothing here
+    return pretraining.LMParts(objective, batches, make_eval, None, measure)  # bits per byte mean nothing here
 
 
 def build(cfg: MaskedLMConfig, files: dict) -> object:

@@ -29,7 +29,7 @@ from lmforge.config import check
 from lmforge.data.mlm import MaskingConfig
 from lmforge.models import ElectraConfig, build_model
 from lmforge.runs import PretrainConfig
-from lmforge.tasks import pretraining
+from lmforge.tasks import masked_lm, pretraining
 from lmforge.tasks.task import Task
 
 
@@ -73,24 +73,12 @@ def measure(model, objective, batches, runtime, bytes_per_token: float | None = 
 
 
 def parts(cfg: ReplacedTokenConfig, tok, train_src, val_src, runtime) -> pretraining.LMParts:
-    from lmforge.data.mlm import VAL_MASK_SEED, ReplacementBatches, SpecialTokens
+    from lmforge.data.mlm import ReplacementBatches
     from lmforge.objectives import replaced_token_detection_loss
 
-    specials, seq_len, world = SpecialTokens.from_tokenizer(tok), cfg.seq_len(), runtime.world_size
-    micro = cfg.train.micro_batch(world)
-    word_starts = tok.word_starts if cfg.mlm.whole_word else None
     objective = functools.partial(replaced_token_detection_loss, disc_weight=cfg.electra.disc_weight,
                                   mask_prob=cfg.mlm.mask_prob)
-    batches = None
-    if train_src is not None:
-        batches = ReplacementBatches(train_src, specials, seq_len, cfg.train.batch_size, cfg.train.seed, cfg.mlm,
-                                     word_starts)
-    make_eval = None
-    if val_src is not None:
-        val = ReplacementBatches(val_src, specials, seq_len, micro, VAL_MASK_SEED, cfg.mlm, word_starts,
-                                 shuffle=False)
-        make_eval = lambda n: val.eval_batches(micro, pretraining.eval_count(cfg, n, world), runtime.rank, world)
-    return pretraining.LMParts(objective, batches, make_eval, None, measure)
+    return masked_lm.masked_parts(cfg, tok, train_src, val_src, runtime, ReplacementBatches, objective, measure)
 
 
 def build(cfg: ReplacedTokenConfig, files: dict) -> torch.nn.Module:
