@@ -85,6 +85,22 @@ def make_shards(root: Path, docs: list[str], n_val: int, tokenizer) -> Path:
     return root / "shards"
 
 
+def make_wordpiece_shards(root: Path, seed: int) -> Path:
+    """Shards (train and val) of generated English with a small lowercased WordPiece tokenizer."""
+    from lmforge.tokenizer import TokenizerConfig
+
+    return make_shards(root, make_english(300, seed=seed), 30,
+                       TokenizerConfig(kind="wordpiece", vocab_size=300, lowercase=True))
+
+
+TINY_BERT = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.d_ff=64",
+             "--set", "model.context_len=32", "--set", "data.seq_len=32", "--set", "train.batch_size=8",
+             "--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "train.eval_batches=2",
+             "--set", "train.save_every=5", "--set", "train.progress=false", "--set", "schedule.warmup_steps=2",
+             "--set", "runtime.device=cpu"]
+"""`lmforge pretrain` overrides that make a BERT-shaped model (BERT, ELECTRA) tiny and quick."""
+
+
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     """A shards folder (char tokenizer, train and val splits) from generated English text."""

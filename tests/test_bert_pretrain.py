@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_BERT
 
 from lmforge.data.mlm import MaskedLMBatches, MaskingConfig, SpecialTokens
 from lmforge.models import BertConfig, build_model
@@ -127,20 +128,12 @@ def test_golden_losses(tmp_path):
 
 @pytest.fixture(scope="module")
 def wordpiece_shards(tmp_path_factory) -> Path:
-    """Shards (train and val) of generated English with a WordPiece tokenizer."""
-    from conftest import make_english, make_shards
+    from conftest import make_wordpiece_shards
 
-    from lmforge.tokenizer import TokenizerConfig
-
-    return make_shards(tmp_path_factory.mktemp("bert_shards"), make_english(300, seed=2), 30,
-                       TokenizerConfig(kind="wordpiece", vocab_size=300, lowercase=True))
+    return make_wordpiece_shards(tmp_path_factory.mktemp("bert_shards"), seed=2)
 
 
-TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.d_ff=64",
-        "--set", "model.context_len=32", "--set", "data.seq_len=32", "--set", "train.batch_size=8",
-        "--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "train.eval_batches=2",
-        "--set", "train.save_every=5", "--set", "train.progress=false", "--set", "schedule.warmup_steps=2",
-        "--set", "runtime.device=cpu"]
+TINY = TINY_BERT
 
 
 def _records(run: Path) -> list[dict]:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TINY_BERT
 
 from lmforge.data.mlm import MaskingConfig, ReplacementBatches, SpecialTokens
 from lmforge.errors import LmforgeError
@@ -186,19 +187,12 @@ def test_gradients_reach_both_models_and_none_flows_through_the_samples():
 
 @pytest.fixture(scope="module")
 def wordpiece_shards(tmp_path_factory) -> Path:
-    from conftest import make_english, make_shards
+    from conftest import make_wordpiece_shards
 
-    from lmforge.tokenizer import TokenizerConfig
-
-    return make_shards(tmp_path_factory.mktemp("electra_shards"), make_english(300, seed=4), 30,
-                       TokenizerConfig(kind="wordpiece", vocab_size=300, lowercase=True))
+    return make_wordpiece_shards(tmp_path_factory.mktemp("electra_shards"), seed=4)
 
 
-TINY = ["--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.d_ff=64",
-        "--set", "model.context_len=32", "--set", "data.seq_len=32", "--set", "train.batch_size=8",
-        "--set", "train.log_every=1", "--set", "train.eval_every=5", "--set", "train.eval_batches=2",
-        "--set", "train.save_every=5", "--set", "train.progress=false", "--set", "schedule.warmup_steps=2",
-        "--set", "runtime.device=cpu", "--set", "optim.lr=3e-3"]
+TINY = TINY_BERT + ["--set", "optim.lr=3e-3"]
 
 
 def _records(run: Path) -> list[dict]:
