@@ -90,7 +90,7 @@ def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source:
            skip_damaged: bool, adapt=None) -> dict:
     from lmforge.checkpoint import find_checkpoint, load_weights
     from lmforge.config import save_config
-    from lmforge.train import resume_point, train
+    from lmforge.train import resume_point, settle_precision, train
 
     say = _say if runtime.is_main else _silent
     data = task.prepare(cfg, runtime, out, resume, source, say)
@@ -109,10 +109,11 @@ def _train(task, cfg, out: Path, runtime, resume: bool, overwrite: bool, source:
         else:
             runs.create(out, cfg, data.tokenizer, overwrite, data.files, data.links)
     runtime.barrier()  # the other processes read the folder (its checkpoints) only once it is ready
+    settle_precision(model, data.objective, data.batches, cfg.train, runtime)
     n_params = sum(p.numel() for p in model.parameters())  # a tied tensor counts once
     over = f" over {runtime.world_size} processes" if runtime.world_size > 1 else ""
     say(f"{task.name}: {cfg.model.kind} with {n_params / 1e6:.2f}M parameters on {runtime.device} "
-        f"({cfg.runtime.precision}), {cfg.train.max_steps} steps of {data.step_holds}{over} -> {out}")
+        f"({runtime.precision_label}), {cfg.train.max_steps} steps of {data.step_holds}{over} -> {out}")
     result = train(model, data.objective, data.batches, optim_cfg=cfg.optim, schedule_cfg=cfg.schedule,
                    train_cfg=cfg.train, runtime=runtime, run_dir=out, evaluate_fn=data.evaluate, resume=resume,
                    skip_damaged=skip_damaged)

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -28,7 +29,7 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.models import build_model, model_class
 from lmforge.plan_memory import OPTIMIZER_STATE, layers, matmul_weights, max_micro_batch, memory, optimizer_state_bytes
-from lmforge.runtime import PEAK_FLOPS
+from lmforge.runtime import PEAK_FLOPS, planned_precision
 
 GiB = 2 ** 30
 GPU_MEMORY = {"A100": 80 * GiB, "H100": 80 * GiB, "H200": 140 * GiB}
@@ -274,6 +275,8 @@ def make_plan(cfg, target: Target, *, shards: dict | None = None, mfu: float | N
         notes.append(f"model.vocab_size is 0 (the tokenizer's): planned with {DEFAULT_VOCAB:,}; pass --data SHARDS "
                      "or --set model.vocab_size=N")
     cfg = cfg.with_vocab(vocab)
+    precision = planned_precision(cfg.runtime.precision, target.cuda)  # "auto" as it would settle there
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, precision=precision))
     world = target.processes
     micro = cfg.train.micro_batch(world)
     accum = max(1, cfg.train.batch_size // world // max(micro, 1))

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lmforge.optim import build_optimizer
-from lmforge.runtime import setup_runtime
+from lmforge.runtime import planned_precision, setup_runtime
 from lmforge.tasks import get_task
 
 
@@ -27,7 +27,9 @@ def time_cpu_steps(cfg, matmul_flops: float, budget_s: float = 2.0) -> dict | No
     """{"micro_batch", "flops_per_s" (forward + backward), "optimizer_s"} of `cfg` (a pretraining config with
     data.path) on this CPU; None, without training, when one sequence would take more than a quarter of
     the budget at `matmul_flops` (the CPU's timed matmul rate)."""
-    runtime = setup_runtime(dataclasses.replace(cfg.runtime, device="cpu", parallel="none", compile=False))
+    precision = planned_precision(cfg.runtime.precision, cuda=False)  # "auto" as a run here would settle
+    runtime = setup_runtime(dataclasses.replace(cfg.runtime, device="cpu", parallel="none", compile=False,
+                                                precision=precision))
     task = get_task(cfg.task)
     with tempfile.TemporaryDirectory() as tmp:
         data = task.prepare(cfg, runtime, Path(tmp) / "run", False, None, lambda message: None)

@@ -19,7 +19,7 @@ import datetime
 import functools
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,8 +34,10 @@ from lmforge.errors import LmforgeError
 class RuntimeConfig:
     device: str = "auto"
     """auto (cuda, then mps, then cpu), or a torch device string."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """bf16/fp16 autocast; fp16 uses a gradient scaler."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """auto: bf16 autocast on a GPU with bfloat16; on a CPU with bf16 units (AMX, AVX-512 BF16) bf16 when a
+    timed step of this model is faster than fp32, else fp32; fp32 on any other CPU (the start-up line says
+    which and why). bf16/fp16: autocast with fp32 weights and optimizer state; fp16 uses a gradient scaler."""
     compile: bool = False
     """torch.compile the model."""
     tf32: bool = True
@@ -63,6 +65,9 @@ PEAK_FLOPS = {
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
+CPU_BF16_ENV = "LMFORGE_CPU_BF16"
+"""`0` treats the CPU as having no bf16 units (precision auto is then fp32, untimed); `1` times bf16 anyway."""
+
 FAULT_ENV = "LMFORGE_TEST_FAULT"
 """`RANK:STEP` makes that rank raise at that step: how the tests check that one failing process ends the job."""
 
@@ -74,6 +79,8 @@ class Runtime:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    precision_reason: str = "set in the config"
+    """Why the run uses its precision: what the start-up line prints after it."""
 
     @property
     def is_main(self) -> bool:
@@ -87,6 +94,26 @@ class Runtime:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @property
+    def precision_label(self) -> str:
+        return f"{self.cfg.precision}: {self.precision_reason}"
+
+    def settle_precision(self, step: Callable[[contextlib.AbstractContextManager], None], what: str) -> None:
+        """Settle precision "auto" on a CPU with bf16 units by timing `step(autocast)` (one forward, or one
+        forward and backward, of the real model and batch) in fp32 and in bf16; the faster one stays.
+
+        Every process takes rank 0's choice. A no-op when the precision is already settled.
+        """
+        if self.cfg.precision != "auto":
+            return
+        fp32 = _best_time(step, contextlib.nullcontext)
+        bf16 = _best_time(step, lambda: torch.autocast(device_type=self.device.type, dtype=torch.bfloat16))
+        faster = self.sum_count(int(bf16 < fp32) if self.is_main else 0) > 0
+        self.cfg = dataclasses.replace(self.cfg, precision="bf16" if faster else "fp32")
+        ratio = fp32 / bf16
+        self.precision_reason = (f"{self.precision_reason}; a timed {what} ran {ratio:.2f}x as fast in bf16 as in "
+                                 f"fp32 with {torch.get_num_threads()} threads")
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         """A scaler that is a pass-through unless the run trains in fp16."""
@@ -336,6 +363,59 @@ def _named(state: dict, names: list[str]) -> dict:
     return {"state": {names[int(i)]: s for i, s in state["state"].items()}, "param_groups": groups}
 
 
+def _best_time(step: Callable[[contextlib.AbstractContextManager], None],
+               autocast: Callable[[], contextlib.AbstractContextManager], repeats: int = 3) -> float:
+    """The fastest of `repeats` timed calls of `step`, after one untimed call (oneDNN builds its kernels)."""
+    times = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        step(autocast())
+        times.append(time.perf_counter() - start)
+        if i == 1 and times[1] > 2.0:  # a slow step: one timed call is enough to compare
+            break
+    return min(times[1:])
+
+
+def cpu_bf16_units() -> str | None:
+    """The CPU's bfloat16 matmul units ("AMX", "AVX-512 BF16"), or None: without them bf16 runs emulated,
+    tens of times slower than fp32. `LMFORGE_CPU_BF16` overrides (0: none, 1: time bf16 anyway)."""
+    forced = os.environ.get(CPU_BF16_ENV, "")
+    if forced not in ("", "0", "1"):
+        raise LmforgeError(f"{CPU_BF16_ENV}={forced!r} in the environment: set it to 0 (no bf16 units: precision "
+                           "auto is fp32) or 1 (time bf16 anyway), or unset it")
+    if forced == "0":
+        return None
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    if torch.cpu._is_avx512_bf16_supported():
+        return "AVX-512 BF16"
+    return f"{CPU_BF16_ENV}=1" if forced == "1" else None
+
+
+def settle_precision(precision: str, device: torch.device) -> tuple[str, str]:
+    """(precision, why) for the config's `precision` on `device`, before any timing: "auto" stays "auto"
+    only on a CPU with bf16 units, where `Runtime.settle_precision` times the real model."""
+    if precision != "auto":
+        return precision, "set in the config"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto on a GPU with bfloat16"
+        return "fp32", "auto on a GPU without bfloat16 (runtime.precision=fp16 is the faster choice there)"
+    if device.type != "cpu":
+        return "fp32", f"auto on {device.type}"
+    units = cpu_bf16_units()
+    if units is None:
+        return "fp32", "auto on a CPU without bf16 units (AMX, AVX-512 BF16)"
+    return "auto", f"auto on a CPU with {units}"
+
+
+def planned_precision(precision: str, cuda: bool) -> str:
+    """The precision a run is expected to settle on, for plans made without running it."""
+    if precision != "auto":
+        return precision
+    return "bf16" if cuda or cpu_bf16_units() is not None else "fp32"
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
@@ -380,13 +460,15 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32
-    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    precision, reason = settle_precision(cfg.precision, device)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise LmforgeError("runtime.precision=bf16 but this GPU has no bfloat16: use runtime.precision=fp16")
     if parallel != "none" and not torch.distributed.is_initialized():
-        if parallel == "fsdp" and cfg.precision == "fp16":
+        if parallel == "fsdp" and precision == "fp16":
             raise LmforgeError("runtime.parallel=fsdp with runtime.precision=fp16 is not supported: "
                                "use runtime.precision=bf16")
         # a process that fails is noticed by torchrun, which ends the others; the timeout covers the rest
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                              timeout=datetime.timedelta(seconds=cfg.timeout_s))
-    return Runtime(dataclasses.replace(cfg, parallel=parallel), device, rank, world_size, local_rank)
+    return Runtime(dataclasses.replace(cfg, parallel=parallel, precision=precision), device, rank, world_size,
+                   local_rank, reason)

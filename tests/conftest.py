@@ -13,6 +13,9 @@ import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# runtime.precision = "auto" stays fp32 in the suite on any CPU, so its figures do not depend on the
+# machine; test_precision.py tests the choice itself.
+os.environ.setdefault("LMFORGE_CPU_BF16", "0")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -113,7 +113,7 @@ def test_golden_losses(tmp_path):
           schedule_cfg=ScheduleConfig(warmup_steps=2),
           train_cfg=TrainConfig(max_steps=10, batch_size=8, micro_batch_size=4, log_every=1, save_every=0,
                                 progress=False),
-          runtime=setup_runtime(RuntimeConfig(device="cpu")), run_dir=tmp_path)
+          runtime=setup_runtime(RuntimeConfig(device="cpu", precision="fp32")), run_dir=tmp_path)
     losses = [r["loss"] for r in _records(tmp_path)]
     if os.environ.get("LMFORGE_UPDATE_GOLDEN") == "1":
         GOLDEN.write_text(json.dumps({"torch": torch.__version__, "losses": losses}, indent=2) + "\n")

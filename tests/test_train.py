@@ -39,7 +39,7 @@ def _model(vocab: int = 40, seed: int = 0):
 
 
 def _train(tmp_path, steps=12, objective=causal_lm_loss, evaluate=True, **train_kw):
-    runtime = setup_runtime(RuntimeConfig(device="cpu"))
+    runtime = setup_runtime(RuntimeConfig(device="cpu", precision="fp32"))
     kw = dict(max_steps=steps, batch_size=8, log_every=1, eval_every=4, save_every=4, progress=False)
     kw.update(train_kw)
     train_cfg = TrainConfig(**kw)

@@ -16,6 +16,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from lmforge.plan import GiB, Target, cpu_matmul_flops, cpu_target, make_plan, parse_gpus, shard_tokens
     from lmforge.plan_timing import time_cpu_steps
     from lmforge.runs import PretrainConfig
+    from lmforge.runtime import planned_precision
     from lmforge.tasks import load_config, read_config
 
     if bool(args.config) == bool(args.run):
@@ -35,7 +36,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if cfg.runtime.num_threads:
         torch.set_num_threads(cfg.runtime.num_threads)
     flops = cpu_matmul_flops(cfg.model.hidden_size, 4 * cfg.model.hidden_size)
-    rate = flops["fp32" if cfg.runtime.precision == "fp32" else "bf16"]
+    rate = flops["fp32" if planned_precision(cfg.runtime.precision, cuda=False) == "fp32" else "bf16"]
     with_data = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=str(data))) if data else None
     cpu = {"flops": flops, "timed": time_cpu_steps(with_data, rate) if data else None}
     plan = make_plan(cfg, target, shards=shards, mfu=args.mfu, run_dir=run_path(args.run) if args.run else None,

@@ -65,7 +65,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     runs = load_runs(args.runs, args.checkpoint, args.device)
     app = create_app(runs, limits, args.api_key)
     for name, run in runs.items():
-        print(f"lmforge: serving {name} ({run.task.name}, {run.run_dir}, step {run.step})", file=sys.stderr)
+        print(f"lmforge: serving {name} ({run.task.name}, {run.run_dir}, step {run.step}; {run.precision})",
+              file=sys.stderr)
     open_ = "" if args.host in ("127.0.0.1", "localhost", "::1") else " (reachable from other machines)"
     key = "; /v1 needs the API key" if args.api_key else ""
     print(f"lmforge: playground at http://{args.host}:{args.port}/ {open_}{key}", file=sys.stderr)

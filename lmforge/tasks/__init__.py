@@ -122,8 +122,57 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu",
     model.eval()
     if quantization and quantization.get("compile"):  # torchao's int8 kernels pay only when compiled
         compile_forward(model)
+    precision = "int8 weights" if quantization else inference_precision(model, cfg.runtime.precision)
     return LoadedRun(model, runs.checkpoint_tokenizer(run_dir, ckpt), cfg, run_dir, int(meta["step"]), ckpt, task,
-                     files, tuple(meta.get("fresh", ())), quantization)
+                     files, tuple(meta.get("fresh", ())), quantization, precision)
+
+
+def inference_precision(model, precision: str) -> str:
+    """Run a loaded model's inference entry points (forward, encode, decode) in the precision the run's
+    config settles on for its device, as training does: "auto" on a CPU with bf16 units times a forward
+    of 8 x 128 tokens both ways. Outputs come back in fp32. Returns the precision and why."""
+    import contextlib
+
+    import torch
+
+    from lmforge.runtime import Runtime, RuntimeConfig, settle_precision
+
+    device = next(model.parameters()).device
+    settled, reason = settle_precision(precision, device)
+    runtime = Runtime(RuntimeConfig(device=str(device), precision=settled), device, precision_reason=reason)
+    if settled == "auto":
+        backbone = getattr(model, "backbone", model)
+        length = min(128, backbone.config.max_positions or 128)
+        ids = torch.randint(0, backbone.config.vocab_size, (8, length), device=device)
+
+        def step(autocast: contextlib.AbstractContextManager) -> None:
+            with torch.inference_mode(), autocast:
+                backbone.hidden(ids)
+
+        runtime.settle_precision(step, "forward")
+    if runtime.amp_dtype is not None:
+        for name in ("forward", "encode", "decode"):
+            if hasattr(model, name):
+                setattr(model, name, _in_fp32(runtime.autocast, getattr(model, name)))
+    return runtime.precision_label
+
+
+def _in_fp32(autocast, fn):
+    """`fn` under autocast, its floating-point tensor outputs (alone or in a tuple) cast back to fp32."""
+    import functools
+
+    import torch
+
+    def fp32(x):
+        return x.float() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with autocast():
+            out = fn(*args, **kwargs)
+        return tuple(fp32(x) for x in out) if isinstance(out, tuple) else fp32(out)
+
+    return wrapped
 
 
 def compile_forward(model):

@@ -92,6 +92,8 @@ class LoadedRun:
     head: import-hf records them)."""
     quantization: dict | None = None
     """How `lmforge compress quantize` made its int8 weights (scheme, library, compile); None for fp32."""
+    precision: str = "fp32"
+    """The precision its forward runs in, and why (tasks.inference_precision)."""
 
     def untrained_lm_head(self) -> list[str]:
         """The language-model head's parameters that were never trained (empty for a trained LM)."""
