@@ -14,10 +14,12 @@ big batch, whatever the number of processes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import datetime
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -376,6 +378,25 @@ def _best_time(step: Callable[[contextlib.AbstractContextManager], None],
     return min(times[1:])
 
 
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed blocks for reuse instead of returning them to the OS (Linux only).
+
+    By default every tensor over a dynamic threshold (128 KiB at first, at most 32 MiB) is an mmap of its
+    own, unmapped when freed, so each training step touches its logits, activations and gradients on
+    fresh pages: one page fault per 4 KiB, a third of a gpt-tiny step on CPU. Raising the mmap and trim
+    thresholds keeps those pages in the heap, where the next step reuses them (what tcmalloc/jemalloc
+    preloading does); the process keeps its peak memory. Returns whether it applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl): its allocator has no such thresholds
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+
+
 def cpu_bf16_units() -> str | None:
     """The CPU's bfloat16 matmul units ("AMX", "AVX-512 BF16"), or None: without them bf16 runs emulated,
     tens of times slower than fp32. `LMFORGE_CPU_BF16` overrides (0: none, 1: time bf16 anyway)."""
@@ -457,6 +478,8 @@ def setup_runtime(cfg: RuntimeConfig) -> Runtime:
         torch.cuda.set_device(device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32

@@ -29,6 +29,7 @@ GPT2 = GPTConfig(context_len=64, n_layer=2, n_head=4, d_model=32)
 LLAMA = GPTConfig(context_len=64, n_layer=2, n_head=4, d_model=32, pos="rope", norm="rmsnorm", mlp="swiglu",
                   bias=False, tie_embeddings=False, rope_theta=500.0)
 LLAMA_BIAS = dataclasses.replace(LLAMA, bias=True, tie_embeddings=True)
+GPT2_ERF = dataclasses.replace(GPT2, mlp="gelu_exact")  # HF's activation_function = "gelu"
 BERT = BertConfig(context_len=64, n_layer=2, n_head=4, d_model=32, d_ff=48)
 
 
@@ -83,7 +84,8 @@ def hf_auto(family_bert: bool):
 # Export: AutoTokenizer/AutoModel on the folder give lmforge's tokens and logits
 
 
-@pytest.mark.parametrize("cfg,arch", [(GPT2, "GPT2LMHeadModel"), (LLAMA, "LlamaForCausalLM"),
+@pytest.mark.parametrize("cfg,arch", [(GPT2, "GPT2LMHeadModel"), (GPT2_ERF, "GPT2LMHeadModel"),
+                                      (LLAMA, "LlamaForCausalLM"),
                                       (LLAMA_BIAS, "LlamaForCausalLM"), (BERT, "BertForMaskedLM")])
 def test_export_matches_lmforge_tokens_and_logits(tmp_path, toks, cfg, arch):
     bert = cfg.kind == "bert"
@@ -116,7 +118,7 @@ def test_export_matches_lmforge_tokens_and_logits(tmp_path, toks, cfg, arch):
 BERT_NO_TYPES = dataclasses.replace(BERT, type_vocab_size=0, tie_embeddings=False)
 
 
-@pytest.mark.parametrize("cfg", [GPT2, LLAMA, BERT_NO_TYPES])
+@pytest.mark.parametrize("cfg", [GPT2, GPT2_ERF, LLAMA, BERT_NO_TYPES])
 def test_round_trip_gives_identical_weights_and_tokenizer(tmp_path, toks, cfg):
     model, tok = make_run(tmp_path / "run", cfg, toks["wordpiece" if cfg.kind == "bert" else "bpe"])
     export_hf(tmp_path / "run", tmp_path / "hf")

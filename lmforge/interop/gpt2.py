@@ -26,7 +26,8 @@ LAYER_KEYS: list[Row] = [
 
 def to_config(cfg: GPTConfig, ids: SpecialIds) -> dict[str, Any]:
     return {"n_positions": cfg.context_len, "n_embd": cfg.d_model, "n_layer": cfg.n_layer,
-            "n_head": cfg.n_head, "n_inner": cfg.ff_width(), "activation_function": "gelu_new",
+            "n_head": cfg.n_head, "n_inner": cfg.ff_width(),
+            "activation_function": "gelu" if cfg.mlp == "gelu_exact" else "gelu_new",
             "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
             "layer_norm_epsilon": cfg.norm_eps, "scale_attn_weights": True,
             "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
@@ -34,14 +35,15 @@ def to_config(cfg: GPTConfig, ids: SpecialIds) -> dict[str, Any]:
 
 
 def from_config(hf: dict[str, Any], source: str) -> GPTConfig:
-    require(hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh"), source, "gelu_new")
+    require(hf, "activation_function", ("gelu_new", "gelu_pytorch_tanh", "gelu"), source, "gelu_new")
     require(hf, "scale_attn_by_inverse_layer_idx", False, source, False)
     require(hf, "scale_attn_weights", True, source, True)
     require(hf, "add_cross_attention", False, source, False)
     return GPTConfig(
         vocab_size=hf["vocab_size"], context_len=hf.get("n_positions", 1024), n_layer=hf["n_layer"],
         n_head=hf["n_head"], d_model=hf["n_embd"], d_ff=hf.get("n_inner") or 0, pos="learned",
-        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp="gelu", bias=True,
+        norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
+        mlp="gelu_exact" if hf.get("activation_function") == "gelu" else "gelu", bias=True,
         dropout=hf.get("resid_pdrop", 0.0), tie_embeddings=hf.get("tie_word_embeddings", True),
         init_std=hf.get("initializer_range", 0.02))
 

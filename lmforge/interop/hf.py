@@ -96,16 +96,16 @@ def _family_for(cfg: GPTConfig | BertConfig) -> Family:
         raise LmforgeError(f"model.kind = {cfg.kind!r} has no Hugging Face export: only gpt, bert, t5 and electra "
                            "runs can be exported")
     if cfg.pos == "learned":
-        family, need = "GPT-2", {"norm": "layernorm", "mlp": "gelu", "bias": True, "n_kv_head": 0}
+        family, need = "GPT-2", {"norm": "layernorm", "mlp": ("gelu", "gelu_exact"), "bias": True, "n_kv_head": 0}
     else:
         family, need = "Llama", {"norm": "rmsnorm", "mlp": "swiglu"}
     for key, value in need.items():
-        got = getattr(cfg, key)
-        if got != value:
+        got, allowed = getattr(cfg, key), value if isinstance(value, tuple) else (value,)
+        if got not in allowed:
             other = "Llama" if family == "GPT-2" else "GPT-2"
             raise LmforgeError(f"model.{key} = {toml(got)} has no Hugging Face equivalent for {family} "
                                f"(model.pos = {toml(cfg.pos)}) or {other}: export is not possible; "
-                               f"retrain with {key} = {toml(value)}")
+                               f"retrain with {key} = {toml(allowed[0])}")
     if family == "GPT-2":
         return GPT2
     if cfg.qkv_bias and not cfg.bias:
