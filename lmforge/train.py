@@ -163,6 +163,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     """
     run_dir = Path(run_dir)
     raw = model.to(runtime.device)
+    settle_precision(raw, objective, batches, train_cfg, runtime)
     scaler = runtime.grad_scaler()
     start, best, tokens_seen, state = 0, None, 0, None
     schedule = Schedule(schedule_cfg, train_cfg.max_steps)
@@ -276,6 +277,30 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
             log.close()
     return TrainResult(step=done, stopped=stopped, checkpoint=checkpoint, best_val_loss=best,
                        signal=interrupted.signum)
+
+
+def settle_precision(model: nn.Module, objective: Objective, batches: Any, train_cfg: TrainConfig,
+                     runtime: Runtime) -> None:
+    """Settle `runtime.precision = "auto"` (a CPU with bf16 units) by timing one training micro-step of
+    this model on its first micro-batch in fp32 and bf16; nothing of the run changes (gradients, RNG,
+    an objective's carried state are put back). A no-op once settled."""
+    if runtime.cfg.precision != "auto":
+        return
+    model = model.to(runtime.device)
+    world = runtime.world_size
+    batch = runtime.to_device(batches.get(0, 0, runtime.rank, world, train_cfg.micro_batch(world)))
+    rng, carried = torch.get_rng_state(), objective.state_dict() if hasattr(objective, "state_dict") else None
+
+    def step(autocast: contextlib.AbstractContextManager) -> None:
+        with autocast:
+            loss_sum, _, _ = objective(model, batch)
+        loss_sum.backward()
+        model.zero_grad(set_to_none=True)
+
+    runtime.settle_precision(step, "training micro-step")
+    torch.set_rng_state(rng)
+    if carried is not None:
+        objective.load_state_dict(carried)
 
 
 def resume_point(run_dir: Path, train_cfg: TrainConfig, skip_damaged: bool = False) -> Path | None:
