@@ -19,10 +19,12 @@ import dataclasses
 import datetime
 import functools
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -40,8 +42,11 @@ class RuntimeConfig:
     """auto: bf16 autocast on a GPU with bfloat16; on a CPU with bf16 units (AMX, AVX-512 BF16) bf16 when a
     timed step of this model is faster than fp32, else fp32; fp32 on any other CPU (the start-up line says
     which and why). bf16/fp16: autocast with fp32 weights and optimizer state; fp16 uses a gradient scaler."""
-    compile: bool = False
-    """torch.compile the model."""
+    compile: bool | Literal["auto"] = "auto"
+    """torch.compile the model. auto: the loop times its first eager steps and compiles once the rest of
+    the run is long enough to repay a compile, then keeps the compiled model only if its steps are faster
+    (on a CPU only where a C++ compiler is installed). Compiled graphs are cached on disk, so the next run
+    of the same model compiles in seconds."""
     tf32: bool = True
     """Allow TF32 matmuls on CUDA."""
     parallel: Literal["none", "ddp", "fsdp"] = "none"
@@ -144,9 +149,18 @@ class Runtime:
             model.register_comm_hook(None, _sum_hook)
         elif self.parallel == "fsdp":
             _fully_shard(model, self.amp_dtype)
-        if self.cfg.compile:
-            model = torch.compile(model)
+        if self.cfg.compile is True:
+            model = _compile(model)
         return model
+
+    def compile_chooser(self, say: Callable[[str], None]) -> CompileChooser | None:
+        """What decides `compile = "auto"` as the run goes; None when the config decides."""
+        if self.cfg.compile != "auto":
+            return None
+        if self.device.type == "cpu" and not (shutil.which("g++") or shutil.which("c++")):
+            say("runtime.compile=auto: eager (torch.compile on a CPU needs a C++ compiler: none on PATH)")
+            return None
+        return CompileChooser(self.device.type, say)
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
@@ -363,6 +377,65 @@ def _numbered(named_state: dict, names: list[str]) -> dict:
 def _named(state: dict, names: list[str]) -> dict:
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]
     return {"state": {names[int(i)]: s for i, s in state["state"].items()}, "param_groups": groups}
+
+
+COMPILE_GAIN = {"cpu": 0.10, "cuda": 0.25}
+"""Fraction of an eager step that compiling is expected to save (measured: BENCHMARKS.md, compile)."""
+COMPILE_COST_S = 90.0
+"""Seconds a first (uncached) compile of a small model's training graph may take on a slow machine."""
+PROBE_STEPS = 20
+"""Steps timed before deciding (after 3 untimed: the first ones build kernels and optimizer state)."""
+
+
+@dataclass
+class CompileChooser:
+    """`runtime.compile = "auto"`, decided by timing: eager steps first; compile when the steps left,
+    at the eager speed, would take more than COST / GAIN; then time the compiled steps and go back to
+    eager if they are not faster. Results of a compiled model differ from eager ones by float rounding."""
+
+    device_type: str
+    say: Callable[[str], None]
+    times: list[float] = dataclasses.field(default_factory=list)
+    eager: nn.Module | None = None
+    eager_step_s: float = 0.0
+    done: bool = False
+
+    def after_step(self, model: nn.Module, step_s: float, steps_left: int) -> nn.Module:
+        """The model for the next step, given the time of the step just taken (training work only)."""
+        if self.done:
+            return model
+        self.times.append(step_s)
+        if len(self.times) < 3 + PROBE_STEPS:
+            return model
+        step_s = sorted(self.times[3:])[PROBE_STEPS // 2]  # the median: robust to a stray slow step
+        self.times = []
+        if self.eager is None:
+            self.eager_step_s = step_s
+            gain = COMPILE_GAIN.get(self.device_type, 0.0)
+            if steps_left * step_s * gain < COMPILE_COST_S:
+                self.done = True
+                self.say(f"runtime.compile=auto: eager ({steps_left} steps left at {step_s * 1e3:.0f} ms are too "
+                         "few to repay a compile)")
+                return model
+            self.eager = model
+            self.say(f"runtime.compile=auto: compiling ({steps_left} steps left at {step_s * 1e3:.0f} ms)")
+            return _compile(model)
+        self.done = True
+        if step_s < self.eager_step_s:
+            self.say(f"runtime.compile=auto: compiled steps take {step_s * 1e3:.0f} ms against "
+                     f"{self.eager_step_s * 1e3:.0f} eager: kept")
+            return model
+        self.say(f"runtime.compile=auto: compiled steps take {step_s * 1e3:.0f} ms against "
+                 f"{self.eager_step_s * 1e3:.0f} eager: back to eager")
+        return self.eager
+
+
+def _compile(model: nn.Module) -> nn.Module:
+    """torch.compile, with inductor's compiled graphs kept in the user's cache folder (its default, /tmp,
+    is emptied on reboot): a second run of the same model compiles in seconds."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(root / "lmforge" / "inductor"))
+    return torch.compile(model)
 
 
 def _best_time(step: Callable[[contextlib.AbstractContextManager], None],

@@ -185,6 +185,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     world, accum = runtime.world_size, train_cfg.grad_accum_steps(runtime.world_size)
     micro_batch = train_cfg.micro_batch(world)
     log = MetricsLog(run_dir, start if resume else None, enabled=runtime.is_main)
+    chooser = runtime.compile_chooser(log.say)  # runtime.compile = "auto": decided by timing the first steps
     flops_per_token = getattr(raw, "flops_per_token", None)
     peak = runtime.peak_flops()
     bar = tqdm(total=train_cfg.max_steps, initial=start, disable=not (train_cfg.progress and runtime.is_main),
@@ -210,6 +211,7 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
     with _stop_signals() as interrupted:
         try:
             for step in range(start, train_cfg.max_steps):
+                t_step = time.perf_counter()
                 done, last = step + 1, step + 1 == train_cfg.max_steps
                 set_lr(optimizer, schedule.factor(step))
                 micro = [batches.get(step, m, runtime.rank, world, micro_batch) for m in range(accum)]
@@ -233,6 +235,8 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                     scaler.step(optimizer)
                     scaler.update()
                     optimizer.zero_grad(set_to_none=True)
+                if chooser is not None:
+                    model = chooser.after_step(model, time.perf_counter() - t_step, train_cfg.max_steps - done)
                 tokens_seen += n_tokens
                 tokens_since_log += n_tokens
                 bar.update(1)
@@ -253,7 +257,8 @@ def train(model: nn.Module, objective: Objective, batches: Any, *, optim_cfg: Op
                     bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                     t_log, tokens_since_log = time.perf_counter(), 0
                 if evaluate_fn is not None and _every(train_cfg.eval_every, done, last):
-                    evaluation = _evaluate(model, evaluate_fn, log, done)
+                    eager = chooser.eager if chooser is not None and chooser.eager is not None else model
+                    evaluation = _evaluate(eager, evaluate_fn, log, done)  # no second graph to compile
                     val_loss = evaluation.select_loss
                     schedule.observe(val_loss)
                     best = val_loss if best is None else min(best, val_loss)
