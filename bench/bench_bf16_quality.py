@@ -68,6 +68,7 @@ def train(recipe: str, shards: Path, out: Path, seed: int, precision: str, steps
     _run(LMFORGE + ["pretrain", "--config", RECIPES[recipe], "--data", shards, "--out", out, "--overwrite",
                     "--set", f"train.max_steps={steps}", "--set", f"train.seed={seed}",
                     "--set", f"runtime.precision={precision!r}", "--set", "runtime.num_threads=1",
+                    "--set", "runtime.compile=false",
                     "--set", f"train.eval_every={eval_every}", "--set", f"train.save_every={steps}",
                     "--set", "train.progress=false", "--set", "train.log_every=50"])
     return out

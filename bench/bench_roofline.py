@@ -69,7 +69,7 @@ def achieved(path: str, shards: Path, out: Path, threads: int, precision: str, s
     preset, sets = PATHS[path]
     overrides = [*sets, f"train.max_steps={steps}", "train.log_every=5", f"train.eval_every={steps}",
                  "train.eval_batches=1", f"train.save_every={steps}", "train.progress=false",
-                 f"runtime.num_threads={threads}", f"runtime.precision={precision!r}"]
+                 f"runtime.num_threads={threads}", f"runtime.precision={precision!r}", "runtime.compile=false"]
     cmd = LMFORGE + ["pretrain", "--config", preset, "--data", shards, "--out", out, "--overwrite"]
     subprocess.run([str(c) for c in cmd + [a for o in overrides for a in ("--set", o)]], check=True,
                    stdout=subprocess.DEVNULL)
