@@ -94,7 +94,8 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = dict(zip(jobs, pool.map(lambda j: train(j[0], shards[j[0]], args.work / f"{j[0]}-{j[2]}-s{j[1]}",
                                                        j[1], j[2], args.steps, args.eval_every), jobs)))
-    lines = [f"`python bench/bench_bf16_quality.py --steps {args.steps} --seeds {' '.join(map(str, args.seeds))}`",
+    lines = [f"`python bench/bench_bf16_quality.py --recipes {' '.join(args.recipes)} --steps {args.steps} "
+             f"--seeds {' '.join(map(str, args.seeds))}`",
              "", "| recipe | step | fp32 val loss (mean ± sd) | bf16 val loss (mean ± sd) "
              "| bf16 - fp32 (paired mean ± sd) | within fp32 seed sd? |", "| --- | ---: | ---: | ---: | ---: | --- |"]
     for recipe in args.recipes:

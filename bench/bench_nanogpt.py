@@ -198,7 +198,8 @@ def lmforge_full_val(work: Path, run: Path, checkpoint: str = "latest") -> float
 
 def recipe(args: argparse.Namespace) -> None:
     work, tokens = Path(args.work), RECIPE["batch"] * RECIPE["block"]
-    steps = ["--set", f"train.max_steps={args.steps}"]
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # nanoGPT's torch reads it
+    steps = ["--set", f"train.max_steps={args.steps}", "--set", f"runtime.num_threads={args.threads}"]
     nano_steps = [f"--max_iters={args.steps}", f"--lr_decay_iters={args.steps}"]
     rows = []
     for r in range(args.rounds):  # A B A B: both programs share whatever load the machine carries
@@ -301,6 +302,7 @@ def main() -> None:
         p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "tinyshakespeare.txt"))
         p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "lmforge-bench-nanogpt"))
         p.add_argument("--rounds", type=int, default=3)
+        p.add_argument("--threads", type=int, default=1, help="recipe: torch threads of each program")
         p.add_argument("--steps", type=int, default=RECIPE["steps"])
         p.add_argument("--preset", default="gpt-shakespeare-speedrun")
         p.add_argument("--target", type=float, default=1.88)
