@@ -95,9 +95,11 @@ class TruncatedBPTTLoss:
     Batches name their streams (`streams`, (B,)) and flag `reset` ((B,), a stream's first window);
     the state of every stream lives in one buffer (L, n_streams, H) on the model's device, read and
     written by index, so the host never waits for the device. The state is detached after each
-    window (truncated backprop). `state_dict()` / `load_state_dict()` let checkpoints carry it, so a
-    resumed run continues exactly, whatever its number of processes: `state_dict()` must be called on
-    every process, and merges the rows each one wrote.
+    window (truncated backprop). The model sums the loss itself (`model(ids, state, labels=labels)`),
+    so an output layer over a large vocabulary need not materialise the logits. `state_dict()` /
+    `load_state_dict()` let checkpoints carry it, so a resumed run continues exactly, whatever its
+    number of processes: `state_dict()` must be called on every process, and merges the rows each one
+    wrote.
     """
 
     def __init__(self, n_streams: int) -> None:
@@ -112,7 +114,8 @@ class TruncatedBPTTLoss:
             self.buffers = [b.to(streams.device) for b in self.buffers]
             state = [b[:, streams] * keep for b in self.buffers]  # each (L, B, H)
             state = tuple(state) if len(state) == 2 else state[0]
-        logits, new = model(batch["input_ids"], state)  # (B, T, V)
+        labels = batch["labels"]  # (B, T)
+        loss_sum, new = model(batch["input_ids"], state, labels=labels)  # the logits never exist whole
         new = list(new) if isinstance(new, tuple) else [new]
         if self.buffers is None:
             self.buffers = [torch.zeros(s.size(0), self.n_streams, s.size(2), device=s.device) for s in new]
@@ -121,9 +124,6 @@ class TruncatedBPTTLoss:
         for buf, s in zip(self.buffers, new):
             buf[:, streams] = s.detach().float()
         self.written[streams] = True
-        labels = batch["labels"]  # (B, T)
-        loss_sum = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE,
-                                   reduction="sum")
         return loss_sum, (labels != IGNORE).sum(), {}
 
     def state_dict(self) -> dict[str, list[torch.Tensor]]:

@@ -25,7 +25,8 @@ Fine-tuning takes `finetuned_part(cfg)` of a pretrained model: the model itself,
 pretraining only.
 
 `pruning.py` says where each attention head and FFN neuron of a GPT or BERT block lives, for structured
-pruning (compress/prune.py).
+pruning (compress/prune.py). `linear_ce.py` sums an output layer's cross-entropy without materialising the
+logits (an RNNLM given labels: truncated BPTT's objective).
 """
 
 from __future__ import annotations

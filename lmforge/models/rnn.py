@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from lmforge.config import check, check_ranges
+from lmforge.models.linear_ce import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -89,12 +90,19 @@ class RNNLM(nn.Module):
             nn.init.uniform_(self.decoder.weight, -cfg.init_range, cfg.init_range)
         nn.init.zeros_(self.decoder.bias)
 
-    def forward(self, input_ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+    def forward(self, input_ids: torch.Tensor, state: State | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, State]:
+        """(logits (B, T, V), state); given `labels` (B, T), (the summed next-token loss over labels !=
+        -100, state) instead, computed without the logits (models/linear_ce.py)."""
         x = self.drop(self.encoder(input_ids))  # (B, T, E)
         if state is None:
             state = self.init_state(input_ids.size(0), input_ids.device)
         y, state = self.rnn(x, state)  # (B, T, H)
-        return self.decoder(self.drop(y)), state  # (B, T, V)
+        y = self.drop(y)
+        if labels is None:
+            return self.decoder(y), state  # (B, T, V)
+        loss_sum = linear_cross_entropy(y.flatten(0, 1), self.decoder.weight, self.decoder.bias, labels.flatten())
+        return loss_sum, state
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
