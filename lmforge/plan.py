@@ -166,10 +166,11 @@ def memory_table(model, cfg, *, target: Target, micro_batch: int, accum: int, ta
 def fit(model, cfg, *, target: Target, targets: int, parallel: str) -> dict:
     """The configured run's memory, whether it fits, and the largest micro-batch that does."""
     world, per_process = target.processes, cfg.train.batch_size // target.processes
+    precision = planned_precision(cfg.runtime.precision, target.cuda)
 
     def peak(b: int) -> float:
         return memory(model, cfg.model, cfg.optim, seq_len=cfg.seq_len(), targets=targets, micro_batch=b,
-                      accum=max(1, per_process // b), precision=cfg.runtime.precision, parallel=parallel,
+                      accum=max(1, per_process // b), precision=precision, parallel=parallel,
                       world=world, cuda=target.cuda,
                       checkpointing=cfg.runtime.activation_checkpointing)["peak"]
 

@@ -459,10 +459,11 @@ def keep_freed_memory() -> bool:
     own, unmapped when freed, so each training step touches its logits, activations and gradients on
     fresh pages: one page fault per 4 KiB, a third of a gpt-tiny step on CPU. Raising the mmap and trim
     thresholds keeps those pages in the heap, where the next step reuses them (what tcmalloc/jemalloc
-    preloading does); the process keeps its peak memory. Returns whether it applied.
+    preloading does); the process keeps its peak memory. Not done when the environment sets any of
+    glibc's MALLOC_* tunables (then they decide). Returns whether it applied.
     """
-    if not sys.platform.startswith("linux"):
-        return False
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return False  # glibc tuned by the environment (MALLOC_MMAP_THRESHOLD_=...): that choice stands
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (musl): its allocator has no such thresholds

@@ -29,3 +29,8 @@ def test_a_cpu_runtime_reuses_freed_pages():
     # reused. Not every round: this machine's kernel may take idle pages back, so the best of five counts
     faults = [_page_faults_of_a_fresh_tensor(n) for _ in range(6)]
     assert min(faults[1:]) < pages // 10, faults
+
+
+def test_glibc_tunables_in_the_environment_decide(monkeypatch):
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert keep_freed_memory() is False
