@@ -17,7 +17,8 @@ is a dropout mask (the masked tensor's size on CPU, a 1-byte bool on CUDA). GPT:
             output copies, softmax) + 8nhT with dropout (its mask, the dropped probabilities); MLP
             aC + 2aF (GELU, ReLU^2) or aC + 4aF (SwiGLU); with dropout, 2 masks of C
     top     16 per token (int64 ids and labels), an embedding dropout mask; per position P the final
-            norm, the head's input aC and the log-softmax 4V
+            norm, the head's input aC and the log-softmax 4V; with the fused output layer (below) the
+            norm and the loss's gradient for the hidden state 4C instead
 
 Under autocast a width-C input read by k linear layers is cast k times (autocast caches the casts of
 weights only), hence `_inputs`. BERT (three q/k/v projections, post- or pre-norm, the MLM head at the
@@ -27,6 +28,10 @@ RNN from the kernels' workspaces (`RNN_CELL_STATE`). The loss adds 2 x 4V per po
 of backward (the gradients of the log-softmax and of the logits); the backward of a layer holds its
 gradients, 4C + 2aF per token at the widest (the MLP's; 3aF with a gated MLP). With activation
 checkpointing a layer keeps its input (4C per token) and one layer is recomputed at a time.
+
+The fused output layer (models/linear_ce.py: the RNN always, the GPT on a CPU in fp32) computes the
+loss's gradients in forward and keeps those instead of the logits: 4C per position and, once per
+micro-batch, the head's weight gradient 4VC (and bias 4V); backward starts with nothing more to add.
 
 tests/test_plan.py checks these against the bytes autograd saves on CPU, fp32 and bf16: within 1% for
 GPT and BERT, 3% for T5 and ELECTRA, 5% for the GRU and Elman RNN and 15% for a small LSTM. The CUDA variants (flash
@@ -45,11 +50,18 @@ RNN_CELL_STATE = {"lstm": 16.5, "gru": 7, "rnn_tanh": 1, "rnn_relu": 1}
 workspace and output; the GRU's and Elman cell's gates and states, step by step (torch 2.13, CPU)."""
 
 
+def fused_output_layer(kind: str, precision: str, cuda: bool) -> bool:
+    """Whether training computes this model's output layer and loss without the logits (linear_ce)."""
+    return kind == "rnn" or (kind == "gpt" and precision == "fp32" and not cuda)
+
+
 @dataclass(frozen=True)
 class _Bytes:
     a: int
     """A matmul input."""
     cuda: bool
+    fused: bool = False
+    """The output layer is fused with its loss (`fused_output_layer`)."""
 
     def mask(self, size: int) -> int:
         """A dropout mask over elements of `size` bytes."""
@@ -64,17 +76,22 @@ def activations(cfg, seq_len: int, targets: int, precision: str, cuda: bool, che
     """{"saved", "peak"}: bytes one sequence keeps for backward at the end of forward, and at backward's
     fullest moment: its start (the loss's gradients, 2 x 4V per position) or the first layer it goes
     through (the top's tensors freed, that layer's gradients alive; with checkpointing, that layer's
-    recomputed activations too).
+    recomputed activations too); "per_batch": bytes kept once per micro-batch whatever its size (the
+    fused output layer's weight gradient), in neither of the others.
 
     `cfg` is the [model] section; `targets` the positions the output layer runs at (T5: the decoder
     length); `cuda` picks the attention kernels and mask sizes of CUDA instead of the CPU's.
     """
-    layers, inputs, top, grads = _SAVED[cfg.kind](cfg, seq_len, targets, _Bytes(ACT_BYTES[precision], cuda))
-    loss = 8 * targets * cfg.vocab_size
+    fused = fused_output_layer(cfg.kind, precision, cuda)
+    layers, inputs, top, grads = _SAVED[cfg.kind](cfg, seq_len, targets, _Bytes(ACT_BYTES[precision], cuda, fused))
+    loss = 0 if fused else 8 * targets * cfg.vocab_size
+    per_batch = 4 * cfg.vocab_size * (cfg.d_hidden + 1 if cfg.kind == "rnn" else cfg.d_model) if fused else 0
     if checkpointing:
         kept = sum(inputs)
-        return {"saved": kept + top, "peak": max(kept + top + loss, kept + max(map(sum, zip(layers, grads))))}
-    return {"saved": sum(layers) + top, "peak": max(sum(layers) + top + loss, sum(layers) + max(grads))}
+        return {"saved": kept + top, "peak": max(kept + top + loss, kept + max(map(sum, zip(layers, grads)))),
+                "per_batch": per_batch}
+    return {"saved": sum(layers) + top, "peak": max(sum(layers) + top + loss, sum(layers) + max(grads)),
+            "per_batch": per_batch}
 
 
 def _norm(kind: str, C: int) -> int:
@@ -96,7 +113,8 @@ def _gpt(cfg, T: int, P: int, b: _Bytes):
         attn = _math_attention(b, nh, inner, T, True)
     mlp = b.inputs(C, 2) + 4 * a * F if cfg.mlp == "swiglu" else a * (C + 2 * F)
     layer = T * (2 * _norm(cfg.norm, C) + a * C + attn + mlp + (2 * b.mask(a) * C if drop else 0))
-    top = T * (16 + (b.mask(4) * C if drop else 0)) + P * (_norm(cfg.norm, C) + a * C + 4 * cfg.vocab_size)
+    head = 4 * C if b.fused else a * C + 4 * cfg.vocab_size
+    top = T * (16 + (b.mask(4) * C if drop else 0)) + P * (_norm(cfg.norm, C) + head)
     grads = T * (4 * C + (3 if cfg.mlp == "swiglu" else 2) * a * F)  # the MLP's backward: its widest moment
     return [layer] * cfg.n_layer, [4 * C * T] * cfg.n_layer, top, [grads] * cfg.n_layer
 
@@ -150,7 +168,7 @@ def _rnn(cfg, T: int, P: int, b: _Bytes):
     E, H, p = cfg.d_embed, cfg.d_hidden, cfg.dropout > 0
     layers = [T * (b.a * (E if i == 0 else H) + 4 * RNN_CELL_STATE[cfg.cell] * H + (b.mask(b.a) * H if p else 0))
               for i in range(cfg.n_layer)]
-    top = T * (16 + (b.mask(b.a) * E if p else 0)) + P * (b.a * H + 4 * cfg.vocab_size)
+    top = T * (16 + (b.mask(b.a) * E if p else 0)) + P * (4 * H if b.fused else b.a * H + 4 * cfg.vocab_size)
     return layers, [0] * cfg.n_layer, top, [T * 16 * H] * cfg.n_layer  # gate gradients
 
 

@@ -86,7 +86,8 @@ def memory(model: nn.Module, cfg, optim_cfg, *, seq_len: int, targets: int, micr
     out = {"weights": weights, "gradients": grads,
            "optimizer": optimizer_state_bytes(model, optim_cfg) / shard,
            "autocast_copies": 0 if compute == 4 or fsdp else 2 * matmul_weights(model),
-           "activations": micro_batch * act["saved"], "backward": micro_batch * (act["peak"] - act["saved"])}
+           "activations": micro_batch * act["saved"] + act["per_batch"],
+           "backward": micro_batch * (act["peak"] - act["saved"])}
     forward = out["activations"] + out["backward"] + out["autocast_copies"] + (grads if accum > 1 else 0)
     out["peak"] = weights + out["optimizer"] + max(forward, grads)
     return out

@@ -13,7 +13,7 @@ from lmforge.models.linear_ce import IGNORE, linear_cross_entropy
 @pytest.fixture
 def small_chunks(monkeypatch):
     # several chunks and vocabulary tiles, the last of each shorter than the others
-    monkeypatch.setattr(linear_ce, "CHUNK_TOKENS", 16)
+    monkeypatch.setattr(linear_ce, "CHUNK_FLOATS", 7000)  # 6 tokens of 1037 words, 33 of 211
     monkeypatch.setattr(linear_ce, "CPU_VOCAB_TILE", 100)
 
 
@@ -62,3 +62,29 @@ def test_rnn_with_labels_returns_the_summed_loss_of_its_logits(small_chunks):
     for g, expected in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, expected)
     torch.testing.assert_close(got_state, state)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_gpt_with_labels_returns_the_summed_loss_of_its_logits(small_chunks, monkeypatch, tie):
+    from lmforge.models import GPTConfig
+    from lmforge.models import gpt as gpt_module
+
+    torch.manual_seed(0)
+    model = build_model(GPTConfig(vocab_size=211, context_len=16, n_layer=1, n_head=2, d_model=16, dropout=0.0,
+                                  tie_embeddings=tie))
+    ids, labels = torch.randint(0, 211, (3, 12)), torch.randint(0, 211, (3, 12))
+    labels[:, :2] = IGNORE  # e.g. a prompt that is not a target
+    want = F.cross_entropy(model(ids).flatten(0, 1), labels.flatten(), reduction="sum")
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    fused = []
+    monkeypatch.setattr(gpt_module, "linear_cross_entropy", lambda *a: fused.append(1) or linear_cross_entropy(*a))
+    got = model(ids, labels=labels)
+    got_grads = torch.autograd.grad(got, list(model.parameters()))
+    assert fused, "on a CPU in float32 the loss goes through the fused output layer"
+    torch.testing.assert_close(got, want)
+    for g, expected in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, expected)
+    fused.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the head's matmul in bf16: through the logits
+        got_bf16 = model(ids, labels=labels)
+    assert not fused and torch.isclose(got_bf16, want, rtol=0.05)

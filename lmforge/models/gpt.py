@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmforge.config import check, check_ranges
+from lmforge.models.linear_ce import linear_cross_entropy
 
 
 @dataclass(frozen=True)
@@ -310,8 +311,19 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
-        return self.lm_head(self.hidden(input_ids, kv_cache=kv_cache))  # (B, T, V)
+    def forward(self, input_ids: torch.Tensor, kv_cache: KVCache | None = None,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (B, T, V); given `labels` (B, T), the next-token loss summed over labels != -100 instead.
+
+        On a CPU in float32 that loss is computed without the logits (models/linear_ce.py: no (B*T, V)
+        buffers for logits, log-softmax and their gradients each step); elsewhere (a GPU, or under
+        autocast, where the head's matmul runs in bf16) through the logits, in the usual way."""
+        h = self.hidden(input_ids, kv_cache=kv_cache)  # (B, T, C)
+        if labels is None:
+            return self.lm_head(h)  # (B, T, V)
+        if h.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+            return _fused_loss(h.flatten(0, 1), self.lm_head.weight, labels.flatten())
+        return F.cross_entropy(self.lm_head(h).flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="sum")
 
     def hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None, kv_cache: KVCache | None = None) -> torch.Tensor:
@@ -379,3 +391,11 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             n += self.lm_head.weight.numel()
         return 6.0 * n + 12.0 * cfg.n_layer * seq_len * cfg.n_head * cfg.head_size()
+
+
+@torch.compiler.disable
+def _fused_loss(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """linear_cross_entropy outside any compiled graph: its chunk loop and hand-written backward run
+    eagerly, the transformer below it compiled."""
+    return linear_cross_entropy(h, weight, None, labels)
+

@@ -18,8 +18,9 @@ import torch
 from torch.autograd.function import once_differentiable
 
 IGNORE = -100  # = lmforge.objectives.IGNORE (models sit below objectives in the import order)
-CHUNK_TOKENS = 256
-"""Tokens per chunk: a (256, 33k) float buffer is 34 MB, about a CPU's last-level cache."""
+CHUNK_FLOATS = 1 << 23
+"""Logits per chunk (32 MiB of floats, about a CPU's last-level cache): 256 tokens of a 33k-word vocabulary,
+2048 of a 4k one (measured on gpt-tiny, 2 threads: 2048-token chunks 7% faster than 256)."""
 CPU_VOCAB_TILE = 512
 """On CPUs the logits matmul runs as column tiles of the weight: with a short inner dimension (H) a
 whole-vocabulary matmul ran at 60% of the speed of 512-word tiles (MKL, one thread)."""
@@ -57,7 +58,7 @@ def _chunks(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, la
     """(loss, and with `grads` the loss's gradients with respect to h, weight and bias)."""
     keep = (labels != IGNORE).to(h.dtype)  # (N,)
     target = labels.clamp_min(0)  # (N,) an ignored label reads class 0, weighted by 0
-    n = max(1, min(CHUNK_TOKENS, h.size(0)))
+    n = max(1, min(CHUNK_FLOATS // weight.size(0), h.size(0)))
     buf = h.new_empty(n, weight.size(0))  # (n, V)
     loss = h.new_zeros(())
     new = torch.empty_like if h.size(0) else torch.zeros_like  # the first chunk writes gw and gb, the others add
