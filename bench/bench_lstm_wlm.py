@@ -21,8 +21,9 @@ Two measurements:
   the same on the test split.
 
 When two runs fit the cores (2 x threads <= CPUs) both run AT THE SAME TIME, so both see whatever load
-the machine carries; otherwise they alternate A B A B for `--rounds`. Compare the ratio of one
-invocation, not figures across machines.
+the machine carries, and only the intervals logged while both were training count (the faster one
+then evaluates, or ends, and the other runs alone); otherwise they alternate A B A B for `--rounds`.
+Compare the ratio of one invocation, not figures across machines.
 
     python bench/bench_lstm_wlm.py --reference WLM_DIR --threads 1 2 --steps 300 --rounds 2
     python bench/bench_lstm_wlm.py --reference WLM_DIR --threads 1 --epochs 1
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -86,7 +88,7 @@ def prepare(data: Path, work: Path) -> Path:
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    print("$", " ".join(cmd), flush=True)
+    print(f"$ {' '.join(cmd)}", flush=True)
     return subprocess.run(cmd, check=True, cwd=REPO, **kw)
 
 
@@ -96,31 +98,54 @@ def _env(threads: int) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# One run of each program: {"ms_per_step": [per log interval], "val_ppl", "test_ppl", "wall_s"}
+# One run of each program: {"intervals": [(seconds since launch when logged, ms per step)], "val_ppl",
+# "test_ppl"}
+
+
+def _watch(cmd: list[str], cwd: Path, threads: int, console: Path, intervals, stop_after: int = 0) -> tuple:
+    """Run `cmd`, noting when each log interval (`intervals(console text) -> [(step, ms per step)]`)
+    appears (polled every 0.5 s); stop it once an interval reaches step `stop_after` (0: let it end)."""
+    print(f"$ {' '.join(cmd)}", flush=True)
+    seen: list[tuple[float, float]] = []
+    t0 = time.perf_counter()
+    with open(console, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_env(threads), stdout=f, stderr=subprocess.STDOUT)
+        while proc.poll() is None:
+            time.sleep(0.5)
+            logged = intervals(console)
+            seen += [(time.perf_counter() - t0, ms) for _, ms in logged[len(seen):]]
+            if stop_after and logged and logged[-1][0] >= stop_after:
+                proc.terminate()
+                proc.wait()
+                return seen, 0
+    logged = intervals(console)
+    seen += [(time.perf_counter() - t0, ms) for _, ms in logged[len(seen):]]
+    return seen, proc.returncode
 
 
 def run_lmforge(a: argparse.Namespace, shards: Path, out: Path, threads: int) -> dict:
-    steps, per_epoch = a.steps, 2983
-    if a.epochs:
-        steps = a.epochs * per_epoch
+    per_epoch = 2983
+    steps = a.epochs * per_epoch if a.epochs else a.steps
     sets = RECIPE + [f"runtime.num_threads={threads}", f"train.max_steps={steps}", f"train.log_every={a.log_every}",
                      f"train.seed={a.seed}", "train.eval_batches=0",
                      f"train.eval_every={per_epoch if a.epochs else 0}", *a.lmforge_set]
     cmd = LMFORGE + ["pretrain", "--config", "rnn-lstm-wt2", "--data", str(shards), "--out", str(out), "--overwrite"]
     cmd += [x for kv in sets for x in ("--set", kv)]
-    t0 = time.perf_counter()
-    console = out.with_suffix(".console.txt")  # beside the run: --overwrite replaces the run folder
+    metrics = out / "metrics.jsonl"
+
+    def intervals(console: Path) -> list[tuple[int, float]]:
+        # the loop restarts its clock after each evaluation, so each rate covers training alone
+        records = [json.loads(x) for x in metrics.read_text().splitlines() if x.endswith("}")] \
+            if metrics.is_file() else []
+        return [(r["step"], 1000 * TOKENS_PER_STEP / r["tokens_per_s"]) for r in records if "tokens_per_s" in r]
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(console, "w") as f:
-        code = subprocess.run(cmd, cwd=REPO, env=_env(threads), stdout=f, stderr=subprocess.STDOUT).returncode
-    wall = time.perf_counter() - t0
+    # the console goes beside the run: --overwrite replaces the run folder
+    seen, code = _watch(cmd, REPO, threads, out.with_suffix(".console.txt"), intervals)
     if code:
-        raise SystemExit(f"lmforge failed ({code}); see {console}")
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    # the loop restarts its clock after each evaluation, so each rate covers training alone
-    ms = [1000 * TOKENS_PER_STEP / r["tokens_per_s"] for r in records if "tokens_per_s" in r]
-    result = {"ms_per_step": ms, "wall_s": wall, "val_ppl": [r["val_perplexity"] for r in records
-                                                             if "val_perplexity" in r][-1]}
+        raise SystemExit(f"lmforge failed ({code}); see {out.with_suffix('.console.txt')}")
+    records = [json.loads(x) for x in metrics.read_text().splitlines() if x.strip()]
+    result = {"intervals": seen, "val_ppl": [r["val_perplexity"] for r in records if "val_perplexity" in r][-1]}
     if a.epochs:
         test = out / "eval-test.json"
         subprocess.run(LMFORGE + ["eval", str(out), "--split", "test", "--out", str(test)], cwd=REPO,
@@ -140,34 +165,29 @@ def run_reference(a: argparse.Namespace, out: Path, threads: int) -> dict:
     cmd = [PYTHON, str(Path(a.reference) / "main.py"), "--data", str(a.data), "--tied", "--epochs",
            str(a.epochs or 1), "--log-interval", str(a.log_every), "--seed", str(a.seed), "--save",
            str(out / "model.pt")]
-    print("$", " ".join(cmd), flush=True)
-    console = out / "console.txt"
-    t0 = time.perf_counter()
-    with open(console, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=out, env=_env(threads), stdout=f, stderr=subprocess.STDOUT)
-        while proc.poll() is None:
-            time.sleep(0.5)
-            done = [int(m[1]) for m in BATCH.finditer(console.read_text())]
-            if not a.epochs and done and done[-1] >= a.steps:
-                proc.terminate()
-                proc.wait()
-    wall = time.perf_counter() - t0
-    text = console.read_text()
-    if proc.returncode and a.epochs:
-        raise SystemExit(f"{cmd[1]} failed ({proc.returncode}); see {console}")
-    result = {"ms_per_step": [float(m[2]) for m in BATCH.finditer(text)], "wall_s": wall}
+
+    def intervals(console: Path) -> list[tuple[int, float]]:
+        return [(int(m[1]), float(m[2])) for m in BATCH.finditer(console.read_text())]
+
+    seen, code = _watch(cmd, out, threads, out / "console.txt", intervals, stop_after=0 if a.epochs else a.steps)
+    if code:
+        raise SystemExit(f"{cmd[1]} failed ({code}); see {out / 'console.txt'}")
+    result = {"intervals": seen}
     if a.epochs:
+        text = (out / "console.txt").read_text()
         result["val_ppl"] = float(VALID.findall(text)[-1])
         result["test_ppl"] = float(TEST.findall(text)[-1])
     return result
 
 
-def steady(ms: list[float]) -> float:
-    """Median ms per step of the log intervals after the first (warm-up): an interval that holds a
-    compile (lmforge's runtime.compile=auto) or a burst of load elsewhere does not move it."""
-    if not ms:
-        raise SystemExit("a run logged no step times: see its console.txt in --work")
-    return statistics.median(ms[1:] or ms)
+def steady(intervals: list[tuple[float, float]], until: float = math.inf) -> float:
+    """Median ms per step of the log intervals after the first (warm-up) that were logged by `until`
+    (when the other program of a run side by side stopped training: after that this one ran alone). The
+    median: an interval that holds a compile (lmforge's runtime.compile=auto) does not move it."""
+    kept = [ms for t, ms in intervals[1:] if t <= until + 1.0] or [ms for _, ms in intervals[1:]]
+    if not kept:
+        raise SystemExit("a run logged fewer than two intervals: raise --steps or lower --log-every")
+    return statistics.median(kept)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,8 +209,10 @@ def measure(a: argparse.Namespace, shards: Path, threads: int) -> list[dict]:
             ours, theirs = run_lmforge(a, shards, folder / "lmforge", threads), run_reference(a, folder / "reference",
                                                                                               threads)
         load = max(load, os.getloadavg()[0])
+        # side by side, only the intervals both trained through count (the faster one then evaluates)
+        until = min(ours["intervals"][-1][0], theirs["intervals"][-1][0]) if together else math.inf
         row = {"threads": threads, "round": r, "together": together, "load": load,
-               "lmforge_ms": steady(ours["ms_per_step"]), "reference_ms": steady(theirs["ms_per_step"]),
+               "lmforge_ms": steady(ours["intervals"], until), "reference_ms": steady(theirs["intervals"], until),
                "lmforge_val_ppl": ours["val_ppl"], "reference_val_ppl": theirs.get("val_ppl"),
                "lmforge_test_ppl": ours.get("test_ppl"), "reference_test_ppl": theirs.get("test_ppl")}
         row["speedup"] = row["reference_ms"] / row["lmforge_ms"]
