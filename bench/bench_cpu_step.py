@@ -4,7 +4,7 @@ the fused output layer.
 Times forward + backward + clip + fused AdamW of a GPT preset's model on a random batch (`--threads`,
 default one), in fresh processes alternated A B A B (so drift hits both), for each variant:
 
-- `allocator`: with `runtime.keep_freed_memory()` (what every lmforge CPU run does) against glibc's
+- `allocator`: with `runtime_auto.keep_freed_memory()` (what every lmforge CPU run does) against glibc's
   defaults (each large tensor a fresh mmap, faulted in page by page every step);
 - `gelu`: `mlp = "gelu_exact"` against GPT-2's tanh GELU (`mlp = "gelu"`), both with the allocator fix;
 - `logits`: the loss through the whole (B*T, V) logits and `F.cross_entropy` against the GPT's own
@@ -33,7 +33,7 @@ def worker(preset: str, vocab: int, mlp: str, keep: bool, head: str, steps: int,
 
     from lmforge.models import build_model
     from lmforge.objectives import causal_lm_loss
-    from lmforge.runtime import keep_freed_memory
+    from lmforge.runtime_auto import keep_freed_memory
     from lmforge.tasks import load_config
 
     torch.set_num_threads(threads)

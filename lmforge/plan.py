@@ -29,7 +29,8 @@ import torch
 from lmforge.errors import LmforgeError
 from lmforge.models import build_model, model_class
 from lmforge.plan_memory import OPTIMIZER_STATE, layers, matmul_weights, max_micro_batch, memory, optimizer_state_bytes
-from lmforge.runtime import PEAK_FLOPS, planned_precision
+from lmforge.runtime import PEAK_FLOPS
+from lmforge.runtime_auto import planned_precision
 
 GiB = 2 ** 30
 GPU_MEMORY = {"A100": 80 * GiB, "H100": 80 * GiB, "H200": 140 * GiB}

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from lmforge.optim import build_optimizer
-from lmforge.runtime import planned_precision, setup_runtime
+from lmforge.runtime import setup_runtime
+from lmforge.runtime_auto import planned_precision
 from lmforge.tasks import get_task
 
 

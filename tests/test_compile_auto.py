@@ -9,17 +9,19 @@ import pytest
 import torch
 
 from lmforge import runtime as rt
+from lmforge import runtime_auto
 from lmforge.data.loaders import ArrayTokens, CausalLMBatches
 from lmforge.models import build_model
 from lmforge.models.gpt import GPTConfig
 from lmforge.objectives import causal_lm_loss
 from lmforge.optim import OptimConfig, ScheduleConfig
-from lmforge.runtime import CompileChooser, RuntimeConfig, setup_runtime
+from lmforge.runtime import RuntimeConfig, setup_runtime
+from lmforge.runtime_auto import CompileChooser
 from lmforge.train import TrainConfig, train
 
 
 def _feed(chooser: CompileChooser, model, step_s: float, steps_left: int):
-    for _ in range(3 + rt.PROBE_STEPS):
+    for _ in range(3 + runtime_auto.PROBE_STEPS):
         model = chooser.after_step(model, step_s, steps_left)
     return model
 
@@ -65,8 +67,8 @@ def _run(tmp_path, compile, steps: int = 60):
 def test_the_loop_switches_models_mid_run(monkeypatch, tmp_path, capsys):
     """With a zero compile cost the loop compiles after its probe steps (dynamo with the eager backend:
     no C++ compile in the test) and saves, evaluates and resumes as before."""
-    monkeypatch.setattr(rt, "COMPILE_COST_S", 0.0)
-    monkeypatch.setattr(rt, "_compile", lambda model: torch.compile(model, backend="eager"))
+    monkeypatch.setattr(runtime_auto, "COMPILE_COST_S", 0.0)
+    monkeypatch.setattr(runtime_auto, "compile_model", lambda model: torch.compile(model, backend="eager"))
     auto = _run(tmp_path / "auto", "auto")
     out = capsys.readouterr().out
     assert "runtime.compile=auto: compiling" in out and "runtime.compile=auto: compiled steps take" in out

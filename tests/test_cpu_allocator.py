@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from lmforge.runtime import RuntimeConfig, keep_freed_memory, setup_runtime
+from lmforge.runtime import RuntimeConfig, setup_runtime
+from lmforge.runtime_auto import keep_freed_memory
 
 
 def _page_faults_of_a_fresh_tensor(n: int) -> int:

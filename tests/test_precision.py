@@ -1,7 +1,7 @@
 """`runtime.precision`: "auto" (the default) and the forced settings, in training and in inference.
 
 A CPU's bf16 units are simulated by patching torch's own detection, and the timing by patching
-`_best_time`, so each branch of the choice is tested on any machine; one test times for real.
+`best_time`, so each branch of the choice is tested on any machine; one test times for real.
 """
 
 from __future__ import annotations
@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from lmforge import runtime as rt
+from lmforge import runtime_auto as rt
 from lmforge.data.loaders import ArrayTokens, CausalLMBatches
 from lmforge.errors import LmforgeError
 from lmforge.models import build_model
 from lmforge.models.gpt import GPTConfig
 from lmforge.objectives import causal_lm_loss
 from lmforge.optim import OptimConfig, ScheduleConfig
-from lmforge.runtime import RuntimeConfig, planned_precision, setup_runtime
+from lmforge.runtime import RuntimeConfig, setup_runtime
+from lmforge.runtime_auto import planned_precision
 from lmforge.train import TrainConfig, train
 
 
@@ -38,7 +39,7 @@ def _timed(monkeypatch, fp32_s: float, bf16_s: float) -> list[str]:
         step(ctx)
         return bf16_s if seen[-1] == "bf16" else fp32_s
 
-    monkeypatch.setattr(rt, "_best_time", best_time)
+    monkeypatch.setattr(rt, "best_time", best_time)
     return seen
 
 
@@ -110,8 +111,8 @@ def test_real_timing_when_the_units_are_assumed(monkeypatch, tmp_path):
     """LMFORGE_CPU_BF16=1 times bf16 on any CPU: the choice is whichever was faster here."""
     monkeypatch.setenv(rt.CPU_BF16_ENV, "1")
     times = []
-    real = rt._best_time
-    monkeypatch.setattr(rt, "_best_time", lambda step, autocast, repeats=3: times.append(
+    real = rt.best_time
+    monkeypatch.setattr(rt, "best_time", lambda step, autocast, repeats=3: times.append(
         real(step, autocast, repeats)) or times[-1])
     runtime, _ = _train(tmp_path, "auto")
     assert len(times) == 2 and runtime.cfg.precision == ("bf16" if times[1] < times[0] else "fp32")

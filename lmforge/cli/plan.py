@@ -16,7 +16,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from lmforge.plan import GiB, Target, cpu_matmul_flops, cpu_target, make_plan, parse_gpus, shard_tokens
     from lmforge.plan_timing import time_cpu_steps
     from lmforge.runs import PretrainConfig
-    from lmforge.runtime import planned_precision
+    from lmforge.runtime_auto import planned_precision
     from lmforge.tasks import load_config, read_config
 
     if bool(args.config) == bool(args.run):

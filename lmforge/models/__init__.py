@@ -26,7 +26,7 @@ pretraining only.
 
 `pruning.py` says where each attention head and FFN neuron of a GPT or BERT block lives, for structured
 pruning (compress/prune.py). `linear_ce.py` sums an output layer's cross-entropy without materialising the
-logits (an RNNLM given labels: truncated BPTT's objective).
+logits (an RNNLM given labels, and a GPT given labels on a CPU in fp32).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ import torch.nn as nn
 from lmforge.errors import LmforgeError
 from lmforge.models.bert import Bert, BertConfig
 from lmforge.models.electra import Electra, ElectraConfig
-from lmforge.models.gpt import GPT, GPTConfig, KVCache
+from lmforge.models.gpt import GPT, GPTConfig
+from lmforge.models.kv_cache import KVCache
 from lmforge.models.rnn import RNNLM, RNNConfig
 from lmforge.models.t5 import T5, T5Config
 

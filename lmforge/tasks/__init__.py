@@ -135,7 +135,8 @@ def inference_precision(model, precision: str) -> str:
 
     import torch
 
-    from lmforge.runtime import Runtime, RuntimeConfig, settle_precision
+    from lmforge.runtime import Runtime, RuntimeConfig
+    from lmforge.runtime_auto import settle_precision
 
     device = next(model.parameters()).device
     settled, reason = settle_precision(precision, device)
